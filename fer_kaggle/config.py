@@ -1,0 +1,59 @@
+"""Every setting of a run, in one frozen dataclass, and the presets that bundle them.
+
+Precedence: the dataclass defaults < the chosen preset < options given on the command line.
+The resolved config is written as `config.json` beside every unit's outputs.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run
+    preset: str = "gpu"
+    seed: int = 2013                 # folds, weight init, shuffling and augmentation all derive from it
+    folds: int = 5
+    device: str = "auto"             # auto | cpu | cuda
+    # --- models: any timm name that works at 48x48 grayscale, ours are fer_*
+    backbones: tuple = ("fer_vgg13", "fer_resnet18")
+    # --- optimisation
+    epochs: int = 40
+    batch_size: int = 128
+    optimizer: str = "sgd"           # sgd (Nesterov, momentum 0.9) | adamw
+    lr: float = 0.1                  # peak learning rate, reached after warm-up, then cosine to 0
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    # --- data pipeline
+    augment: str = "full"            # full | light (flip, small shifts) | none (ablation)
+    normalize: bool = True           # False: pixels/255 instead of (pixels - mean) / std (ablation)
+    workers: int = -1                # DataLoader workers; -1: none on CPU, up to 8 on CUDA
+    amp: str = "auto"                # auto (bf16 where the device runs it natively) | bf16 | off
+    # --- inference
+    tta: str = "flip_shift"          # none | flip | flip_shift (flip x 5 two-pixel shifts = 10 views)
+    # --- pseudo-labelling
+    pseudo: bool = True              # a second round with confident test predictions added to training
+    pseudo_threshold: float = 0.9    # minimum ensemble probability for a test image to be added
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+PRESETS = {
+    # A CPU run in minutes: tiny backbones, 3 folds, few epochs.
+    # Little data and few epochs: AdamW and light augmentation learn fastest there.
+    "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=8,
+                   batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
+                   augment="light", tta="flip", pseudo_threshold=0.6),
+    # One GPU: full-width VGG-13 and CIFAR ResNet-18 on 5 folds.
+    "gpu": Config(preset="gpu"),
+}
+GPU_PRESETS = {"gpu"}
+
+
+# Fields that change what a unit learns; a resumed unit must match them exactly.
+TRAINING_FIELDS = ("seed", "folds", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                   "warmup_epochs", "label_smoothing", "augment", "normalize", "pseudo_threshold")

@@ -1,0 +1,178 @@
+"""Stage 6: blend every finished model on disk into one submission.
+
+    python -m fer_kaggle.ensemble [--workdir folds] [--out out.csv]
+
+Reads  `<workdir>/folds.csv` (labels) and every `round<r>/<backbone>/fold<k>/{oof,test}.npz`.
+Writes `<workdir>/ensemble.json` (accuracies, weights) and `submissions/<name>.csv`.
+
+A model is a (round, backbone) pair; its OOF probabilities are the union of its
+folds' validation predictions and its test probabilities the mean over its folds.
+Weights are fitted on OOF log-loss only, and the mean or the weighted blend is kept,
+whichever has the higher OOF accuracy.
+"""
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from .atomic import write_json
+from .data import NUM_CLASSES
+from .errors import FerKaggleError
+from .submit import check_out_path, write_submission
+
+
+@dataclass
+class Model:
+    name: str            # round<r>/<backbone>
+    oof: np.ndarray      # (n_train, 7) TTA probabilities, each row from the fold that held it out
+    oof_plain: np.ndarray
+    test: np.ndarray     # (n_test, 7) mean over folds
+    test_ids: np.ndarray
+
+
+def accuracy(probs, labels):
+    return float((probs.argmax(1) == labels).mean())
+
+
+def log_loss(probs, labels):
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def _load_model(model_dir, n_rows, n_folds):
+    oof = np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32)
+    oof_plain = oof.copy()
+    tests, ids = [], None
+    for fold in range(n_folds):
+        with np.load(model_dir / f"fold{fold}" / "oof.npz") as saved:
+            oof[saved["rows"]], oof_plain[saved["rows"]] = saved["probs"], saved["probs_plain"]
+        with np.load(model_dir / f"fold{fold}" / "test.npz") as saved:
+            if ids is not None and not np.array_equal(ids, saved["ids"]):
+                raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
+            ids = saved["ids"]
+            tests.append(saved["probs"])
+    if np.isnan(oof).any():
+        raise FerKaggleError(f"{model_dir}: its folds do not cover every train row; delete it and retrain")
+    return oof, oof_plain, np.mean(tests, axis=0), ids
+
+
+def load_models(workdir):
+    """Every model whose folds are all finished; the unfinished ones are named on stderr."""
+    workdir = Path(workdir)
+    meta_path = workdir / "folds.json"
+    if not meta_path.exists():
+        raise FerKaggleError(f"{workdir}: no run here (no folds.json); run run.sh first or pass --workdir")
+    n_folds = json.loads(meta_path.read_text())["folds"]
+    labels = pd.read_csv(workdir / "folds.csv")["label"].to_numpy()
+    models = []
+    for model_dir in sorted(workdir.glob("round*/*/")):
+        finished = [k for k in range(n_folds) if (model_dir / f"fold{k}" / "metrics.json").exists()]
+        name = f"{model_dir.parent.name}/{model_dir.name}"
+        if len(finished) < n_folds:
+            missing = sorted(set(range(n_folds)) - set(finished))
+            print(f"left out {name}: fold(s) {missing} not finished (run run.sh again to finish them)",
+                  file=sys.stderr)
+            continue
+        models.append(Model(name, *_load_model(model_dir, len(labels), n_folds)))
+    if not models:
+        raise FerKaggleError(f"{workdir}: no finished model to ensemble; run run.sh first")
+    ids = models[0].test_ids
+    for model in models[1:]:
+        if not np.array_equal(model.test_ids, ids):
+            raise FerKaggleError(f"{workdir}/{model.name} predicted another test file than {models[0].name}")
+    return models, labels
+
+
+def blend(probs, weights):
+    """Weighted mean of (models, n, 7) probabilities."""
+    return np.tensordot(np.asarray(weights, dtype=np.float64), np.asarray(probs, dtype=np.float64), axes=1)
+
+
+def fit_weights(oofs, labels):
+    """Non-negative weights summing to 1 that minimise the blend's OOF log-loss."""
+    count = len(oofs)
+    if count == 1:
+        return np.ones(1)
+    result = minimize(lambda w: log_loss(blend(oofs, w), labels), np.full(count, 1 / count),
+                      method="SLSQP", bounds=[(0, 1)] * count,
+                      constraints={"type": "eq", "fun": lambda w: w.sum() - 1})
+    weights = np.clip(result.x, 0, None)
+    return weights / weights.sum()
+
+
+def ensemble(models, labels):
+    """Accuracies of every model and of both blends, and the blend kept for the submission."""
+    oofs = np.stack([m.oof for m in models])
+    tests = np.stack([m.test for m in models])
+    mean_weights = np.full(len(models), 1 / len(models))
+    fitted_weights = fit_weights(oofs, labels)
+    blends = {method: {"weights": w.tolist(), "oof_acc": accuracy(blend(oofs, w), labels),
+                       "oof_log_loss": log_loss(blend(oofs, w), labels)}
+              for method, w in (("mean", mean_weights), ("weighted", fitted_weights))}
+    kept = max(blends, key=lambda method: blends[method]["oof_acc"])
+    return {
+        "models": {m.name: {"oof_acc": accuracy(m.oof, labels), "oof_acc_plain": accuracy(m.oof_plain, labels)}
+                   for m in models},
+        "blends": blends,
+        "kept": kept,
+        "test_probs": blend(tests, blends[kept]["weights"]),
+    }
+
+
+def submission_name(models, kept, oof_acc):
+    backbones = sorted({m.name.split("/")[1] for m in models})
+    rounds = "pl" if any(m.name.startswith("round1/") for m in models) else "nopl"
+    return f"{'+'.join(backbones)}_{rounds}_{kept}_oof{oof_acc:.4f}.csv"
+
+
+def print_report(result, file=sys.stdout):
+    print(f"{'model':<40} {'OOF acc':>8} {'no TTA':>8} {'TTA gain':>9}", file=file)
+    for name, scores in result["models"].items():
+        print(f"{name:<40} {scores['oof_acc']:>8.4f} {scores['oof_acc_plain']:>8.4f} "
+              f"{scores['oof_acc'] - scores['oof_acc_plain']:>+9.4f}", file=file)
+    for method, scores in result["blends"].items():
+        weights = " ".join(f"{w:.2f}" for w in scores["weights"])
+        mark = "  <- kept" if method == result["kept"] else ""
+        print(f"{'ensemble ' + method:<40} {scores['oof_acc']:>8.4f}   weights {weights}{mark}", file=file)
+
+
+def run(workdir="folds", submissions="submissions", out=None):
+    """Blend what is on disk, write the submission(s); returns (summary, submission path)."""
+    models, labels = load_models(workdir)
+    result = ensemble(models, labels)
+    print_report(result)
+    kept = result["blends"][result["kept"]]
+    path = Path(submissions) / submission_name(models, result["kept"], kept["oof_acc"])
+    ids, predicted = models[0].test_ids, result["test_probs"].argmax(1)
+    write_submission(path, ids, predicted)
+    if out is not None:
+        write_submission(out, ids, predicted)
+    summary = {key: value for key, value in result.items() if key != "test_probs"}
+    summary["submission"] = str(path)
+    write_json(Path(workdir) / "ensemble.json", summary)
+    return summary, path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.ensemble", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="folds", help="the run folder (default: folds)")
+    parser.add_argument("--submissions", default="submissions", help="where to write the named submission")
+    parser.add_argument("--out", type=Path, help="also write the submission to this path")
+    args = parser.parse_args(argv)
+    try:
+        if args.out is not None:
+            check_out_path(args.out)
+        summary, path = run(args.workdir, args.submissions, args.out)
+    except FerKaggleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"submission: {path}" + (f" (and {args.out})" if args.out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Stage 3: stratified k-fold assignment, made once per train file and reused by every backbone.
+
+Reads  the train images and labels.
+Writes `<workdir>/folds.csv` (row, label, group, fold) and `<workdir>/folds.json`
+       (seed, folds, the train file's fingerprint, duplicate counts).
+
+FER2013 holds exact duplicate images; rows with identical pixels share a group and
+StratifiedGroupKFold keeps a group in one fold, so no validation face is also trained on.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .atomic import save_csv, write_json
+from .errors import FerKaggleError
+
+
+def duplicate_groups(images):
+    """Group id per row: rows with byte-identical pixels share one id (first occurrence order)."""
+    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    return pd.factorize(pd.Series(digests))[0]
+
+
+def assign_folds(labels, groups, n_folds, seed):
+    """Fold index per row, stratified by label, each duplicate group inside one fold."""
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[valid] = fold
+    return folds
+
+
+def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed):
+    """Return the run's fold per row, creating `folds.csv` on the first call.
+
+    A later call with another train file, fold count or seed is refused: mixing
+    units trained on different splits would make the OOF accuracy meaningless.
+    """
+    workdir = Path(workdir)
+    meta_path, csv_path = workdir / "folds.json", workdir / "folds.csv"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
+        table = pd.read_csv(csv_path)
+        return table["fold"].to_numpy(), meta
+    groups = duplicate_groups(images)
+    folds = assign_folds(labels, groups, n_folds, seed)
+    sizes = np.bincount(groups)
+    meta = {
+        "seed": seed,
+        "folds": n_folds,
+        "train_fingerprint": train_fingerprint,
+        "rows": int(len(labels)),
+        "duplicate_groups": int((sizes > 1).sum()),
+        "rows_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+    }
+    save_csv(csv_path, pd.DataFrame({"row": np.arange(len(labels)), "label": labels,
+                                     "group": groups, "fold": folds}))
+    write_json(meta_path, meta)  # written last: folds exist once this file does
+    return folds, meta
+
+
+def _check_same_run(workdir, meta, train_fingerprint, n_folds, seed):
+    start_over = f"use another --workdir, or delete {workdir} to start over"
+    if meta["train_fingerprint"] != train_fingerprint:
+        raise FerKaggleError(
+            f"{workdir} holds a run on a different train file (fingerprint {meta['train_fingerprint'][:12]}, "
+            f"this one is {train_fingerprint[:12]}); {start_over}")
+    if (meta["folds"], meta["seed"]) != (n_folds, seed):
+        raise FerKaggleError(
+            f"{workdir} was split with --folds {meta['folds']} --seed {meta['seed']}, "
+            f"not --folds {n_folds} --seed {seed}; {start_over}")

@@ -1,0 +1,139 @@
+"""Backbones sized for 1x48x48 faces, registered in timm's registry under `fer_*` names.
+
+Importing fer_kaggle registers them, so every backbone, ours or timm's own, is built
+the same way: `timm.create_model(name, in_chans=1, num_classes=7)`.
+No pretrained weights exist for these: they train from scratch.
+"""
+import torch
+from torch import nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+
+def conv_bn_relu(in_chs, out_chs, stride=1):
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _ClassifierMixin:
+    """timm's classifier interface: forward_features, forward_head, get/reset_classifier."""
+
+    def _init_head(self, num_features, num_classes, drop_rate):
+        self.num_features = self.head_hidden_size = num_features
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self):
+        return self.fc
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_head(self, x, pre_logits=False):
+        x = self.head_drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class FerVgg(_ClassifierMixin, nn.Module):
+    """VGG-style: stages of 3x3 conv-BN-ReLU, each followed by a 2x2 max-pool (48 -> 3 px)."""
+
+    def __init__(self, widths=(64, 128, 256, 512), depth=2, in_chans=1, num_classes=7, drop_rate=0.3):
+        super().__init__()
+        layers, chs = [], in_chans
+        for width in widths:
+            for _ in range(depth):
+                layers.append(conv_bn_relu(chs, width))
+                chs = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self._init_head(chs, num_classes, drop_rate)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_chs, out_chs, stride):
+        super().__init__()
+        self.conv1 = conv_bn_relu(in_chs, out_chs, stride)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_chs))
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x))
+
+
+class FerResNet(_ClassifierMixin, nn.Module):
+    """ResNet with a CIFAR-style stem: one 3x3 stride-1 conv, no max-pool (48 -> 6 px)."""
+
+    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), in_chans=1, num_classes=7,
+                 drop_rate=0.2):
+        super().__init__()
+        self.stem = conv_bn_relu(in_chans, widths[0])
+        stages, chs = [], widths[0]
+        for i, (width, count) in enumerate(zip(widths, blocks)):
+            for j in range(count):
+                stages.append(BasicBlock(chs, width, stride=2 if i > 0 and j == 0 else 1))
+                chs = width
+        self.stages = nn.Sequential(*stages)
+        self._init_head(chs, num_classes, drop_rate)
+
+    def forward_features(self, x):
+        return self.stages(self.stem(x))
+
+
+def _cfg(**kwargs):
+    return {"input_size": (1, 48, 48), "num_classes": 7, "mean": (0.5,), "std": (0.25,),
+            "first_conv": "", "classifier": "fc", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "fer_vgg13": _cfg(),
+    "fer_vgg_tiny": _cfg(),
+    "fer_resnet18": _cfg(),
+    "fer_resnet_tiny": _cfg(),
+})
+
+
+def _create(cls, variant, pretrained=False, **kwargs):
+    if pretrained:
+        raise ValueError(f"{variant} has no pretrained weights: fer_kaggle trains from scratch")
+    return build_model_with_cfg(cls, variant, pretrained=False, **kwargs)
+
+
+@register_model
+def fer_vgg13(pretrained=False, **kwargs):
+    """VGG-13 layout with batch norm: 4 stages x 2 convs, 64-512 channels (4.7M params)."""
+    return _create(FerVgg, "fer_vgg13", pretrained, **kwargs)
+
+
+@register_model
+def fer_vgg_tiny(pretrained=False, **kwargs):
+    """VGG layout at 1/4 width, for CPU demos and tests."""
+    return _create(FerVgg, "fer_vgg_tiny", pretrained, **{"widths": (16, 32, 64, 128), **kwargs})
+
+
+@register_model
+def fer_resnet18(pretrained=False, **kwargs):
+    """CIFAR-style ResNet-18 (11.2M params)."""
+    return _create(FerResNet, "fer_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def fer_resnet_tiny(pretrained=False, **kwargs):
+    """CIFAR-style ResNet with one block per stage at 1/4 width, for CPU demos and tests."""
+    return _create(FerResNet, "fer_resnet_tiny", pretrained,
+                   **{"widths": (16, 32, 64, 128), "blocks": (1, 1, 1, 1), **kwargs})

@@ -1,0 +1,194 @@
+"""The whole competition run: CSV -> arrays -> folds -> units -> probabilities -> ensemble -> CSV.
+
+    bash run.sh train.csv test.csv out.csv [options]      (= python -m fer_kaggle ...)
+    bash run.sh                                           (the bundled demo sample, preset demo)
+
+Every stage writes under --workdir (default folds/); a re-run of the same command
+skips finished units and resumes an interrupted one from its last finished epoch.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ensemble, pseudo
+from .config import GPU_PRESETS, PRESETS, Config
+from .data import fingerprint, load_test, load_train
+from .errors import FerKaggleError
+from .folds import make_or_load_folds
+from .submit import check_out_path
+from .train import Unit, UnitData, build_model, is_finished, resolve_device, train_unit
+
+DEMO_DATA = resources.files("fer_kaggle") / "demo_data"
+HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
+
+
+def _bool_flag(parser, name, help_text):
+    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                        default=None, help=help_text)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="bash run.sh", description=__doc__.split("\n\n")[0],
+        epilog="Options left out take the preset's value; `python -m fer_kaggle.ensemble` re-blends a run.")
+    parser.add_argument("train", nargs="?", type=Path, help="train CSV (label,feature); .csv, .csv.gz or .csv.xz")
+    parser.add_argument("test", nargs="?", type=Path, help="test CSV (id,feature)")
+    parser.add_argument("out", nargs="?", type=Path, help="where to write the id,label submission")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: gpu; "
+                        "demo without files)")
+    parser.add_argument("--workdir", type=Path, help="run folder for folds, units and cache (default: folds, "
+                        "folds/demo for the demo)")
+    parser.add_argument("--submissions", type=Path, default=HOME / "submissions",
+                        help="folder for the named submission files (default: submissions)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--backbones", type=lambda s: tuple(s.split(",")),
+                        help="comma-separated timm model names, e.g. fer_vgg13,fer_resnet18")
+    parser.add_argument("--folds", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"])
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--warmup-epochs", type=float)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--tta", choices=["none", "flip", "flip_shift"])
+    parser.add_argument("--workers", type=int, help="DataLoader workers (-1: automatic)")
+    parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: where native)")
+    parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
+    _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
+    _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
+    parser.add_argument("--pseudo-threshold", type=float, help="minimum ensemble probability for a pseudo-label")
+    return parser
+
+
+def resolve(args):
+    """(config, train, test, out, workdir) from the parsed command line."""
+    files = [args.train, args.test, args.out]
+    demo = all(f is None for f in files)
+    if not demo and any(f is None for f in files):
+        raise FerKaggleError("give all three of TRAIN TEST OUT, or none for the bundled demo")
+    preset = args.preset or ("demo" if demo else "gpu")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if getattr(args, f.name, None) is not None and f.name != "preset"}
+    cfg = PRESETS[preset].replace(**overrides)
+    if cfg.folds < 2:
+        raise FerKaggleError(f"--folds {cfg.folds}: at least 2 folds are needed for out-of-fold predictions")
+    if not 0 < cfg.pseudo_threshold <= 1:
+        raise FerKaggleError(f"--pseudo-threshold {cfg.pseudo_threshold}: must be in (0, 1]")
+    if demo:
+        train, test, out = Path(DEMO_DATA / "train.csv.xz"), Path(DEMO_DATA / "test.csv.xz"), None
+    else:
+        train, test, out = args.train, args.test, args.out
+        check_out_path(out)
+    workdir = args.workdir or HOME / ("folds/demo" if demo else "folds")
+    return cfg, train, test, out, workdir
+
+
+def estimate_cpu_hours(cfg, n_train, device):
+    """Time a few real training steps of each backbone here and extrapolate to the whole preset."""
+    seconds_per_image = 0.0
+    for backbone in cfg.backbones:
+        model = build_model(backbone, device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        images, labels = torch.randn(32, 1, 48, 48), torch.randint(0, 7, (32,))
+        for step in range(3):
+            if step == 1:
+                started = time.perf_counter()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        seconds_per_image += (time.perf_counter() - started) / (2 * 32)
+    images_per_backbone = cfg.epochs * n_train * (cfg.folds - 1) * (2 if cfg.pseudo else 1)
+    return images_per_backbone * seconds_per_image / 3600, images_per_backbone * len(cfg.backbones)
+
+
+def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, extra_y=None):
+    inside = folds != fold
+    images, labels = train_x[inside], train_y[inside]
+    if extra_x is not None and len(extra_x):
+        images, labels = np.concatenate([images, extra_x]), np.concatenate([labels, extra_y])
+    valid = np.flatnonzero(folds == fold)
+    return UnitData(images, labels, valid, train_x[valid], train_y[valid], test_ids, test_x)
+
+
+def _train_round(cfg, round_, workdir, device, train_x, train_y, folds, test_ids, test_x, pseudo_table=None):
+    units = [Unit(round_, backbone, fold) for backbone in cfg.backbones for fold in range(cfg.folds)]
+    todo = [u for u in units if not is_finished(u.dir(workdir))]
+    print(f"round {round_}: {len(units) - len(todo)} of {len(units)} units already finished")
+    position = {test_id: p for p, test_id in enumerate(test_ids)}
+    for unit in todo:
+        extra_x = extra_y = None
+        if pseudo_table is not None:
+            chosen = pseudo_table[pseudo_table["fold"] == unit.fold]
+            extra_x = test_x[[position[i] for i in chosen["id"]]]
+            extra_y = chosen["label"].to_numpy()
+        data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
+        metrics = train_unit(cfg, unit, workdir, data, device)
+        print(f"{unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
+              f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)")
+
+
+def run(cfg, train, test, out, workdir, submissions):
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    cache = workdir / "cache"
+    print(f"reading {train} and {test}")
+    train_x, train_y = load_train(train, cache)
+    test_ids, test_x = load_test(test, cache)
+    print(f"train: {len(train_y)} images, test: {len(test_ids)} images, device: {device}")
+    if cfg.preset in GPU_PRESETS and device.type == "cpu" and cfg.device != "cpu":
+        hours, images = estimate_cpu_hours(cfg, len(train_y), device)
+        raise FerKaggleError(
+            f"preset '{cfg.preset}' trains {images / 1e6:.1f}M images; on this CPU that takes about "
+            f"{hours:.0f} hours. Run it on a GPU, pick --preset demo for a run of minutes, "
+            f"or add --device cpu to run it here anyway")
+
+    folds, meta = make_or_load_folds(workdir, train_x, train_y, fingerprint(train), cfg.folds, cfg.seed)
+    print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
+          f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
+
+    _train_round(cfg, 0, workdir, device, train_x, train_y, folds, test_ids, test_x)
+    if cfg.pseudo:
+        models, labels = ensemble.load_models(workdir)
+        before = ensemble.ensemble([m for m in models if m.name.startswith("round0/")], labels)
+        table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cfg.pseudo_threshold)
+        print(f"pseudo-labels (probability >= {cfg.pseudo_threshold}) added per class and fold:")
+        print(pseudo.counts_per_class(table, cfg.folds).to_string())
+        _train_round(cfg, 1, workdir, device, train_x, train_y, folds, test_ids, test_x, table)
+        models, _ = ensemble.load_models(workdir)
+        after = ensemble.ensemble([m for m in models if m.name.startswith("round1/")], labels)
+        print(f"pseudo-labelling: ensemble OOF accuracy {_best(before):.4f} before, {_best(after):.4f} after")
+
+    summary, path = ensemble.run(workdir, submissions, out)
+    kept = summary["blends"][summary["kept"]]
+    print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
+    print(f"ensemble OOF accuracy: {kept['oof_acc']:.4f} ({summary['kept']} of {len(summary['models'])} models)"
+          f"; majority-class rate {np.bincount(train_y).max() / len(train_y):.4f}")
+    print(f"total time: {time.perf_counter() - started:.0f} s")
+    return summary, path
+
+
+def _best(result):
+    return max(blend["oof_acc"] for blend in result["blends"].values())
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, train, test, out, workdir = resolve(args)
+        run(cfg, train, test, out, workdir, args.submissions)
+    except FerKaggleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,53 @@
+"""Stage 7: pseudo-labels from the first round's test predictions, chosen per fold without leaks.
+
+Fold k's student trains on the train rows outside fold k plus the test images that
+fold k's teachers (one per backbone, each trained without fold k) agree on with at
+least `threshold` mean probability. No teacher that saw fold k's validation rows is
+asked, so the student's OOF accuracy on fold k stays honest.
+
+Writes `<workdir>/round1/pseudo_labels.csv` (fold, id, label, confidence).
+"""
+import numpy as np
+import pandas as pd
+
+from .atomic import save_csv
+from .data import CLASS_NAMES
+
+
+def select(test_probs, threshold):
+    """Indices, labels and confidences of the test rows whose top probability reaches `threshold`."""
+    confidence = test_probs.max(1)
+    chosen = np.flatnonzero(confidence >= threshold)
+    return chosen, test_probs[chosen].argmax(1), confidence[chosen]
+
+
+def teacher_probs(workdir, backbones, fold):
+    """Mean test probabilities of fold `fold`'s round-0 teachers (ids, probs)."""
+    ids, probs = None, []
+    for backbone in backbones:
+        with np.load(f"{workdir}/round0/{backbone}/fold{fold}/test.npz") as saved:
+            ids = saved["ids"]
+            probs.append(saved["probs"])
+    return ids, np.mean(probs, axis=0)
+
+
+def pseudo_labels(workdir, backbones, n_folds, threshold):
+    """The pseudo-label table of every fold, saved as round1/pseudo_labels.csv."""
+    tables = []
+    for fold in range(n_folds):
+        ids, probs = teacher_probs(workdir, backbones, fold)
+        chosen, labels, confidence = select(probs, threshold)
+        tables.append(pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels,
+                                    "confidence": confidence.round(6)}))
+    table = pd.concat(tables, ignore_index=True)
+    save_csv(f"{workdir}/round1/pseudo_labels.csv", table)
+    return table
+
+
+def counts_per_class(table, n_folds):
+    """Images added per class (rows) and fold (columns), class names as the index."""
+    counts = pd.crosstab(pd.Categorical(table["label"], categories=range(len(CLASS_NAMES))),
+                         pd.Categorical(table["fold"], categories=range(n_folds)), dropna=False)
+    counts.index = list(CLASS_NAMES)
+    counts.columns = [f"fold{k}" for k in range(n_folds)]
+    return counts

@@ -1,0 +1,91 @@
+"""End to end through run.sh, as a user runs it: the demo, and a kill -9 followed by a resume."""
+import json
+import lzma
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_kaggle.data import read_test
+from fer_kaggle.submit import read_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "fer_kaggle" / "demo_data"
+
+
+def run_sh(*args, **kwargs):
+    return subprocess.run(["bash", str(ROOT / "run.sh"), *map(str, args)], capture_output=True, text=True,
+                          timeout=900, **kwargs)
+
+
+def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_train):
+    result = run_sh("--workdir", tmp_path / "run", "--submissions", tmp_path / "subs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    submissions = list((tmp_path / "subs").glob("*.csv"))
+    assert len(submissions) == 1 and f"submission: {submissions[0]}" in result.stdout
+    ids, _ = read_test(DEMO / "test.csv.xz")
+    submission = read_submission(submissions[0])
+    assert submission["id"].tolist() == ids.tolist()
+
+    summary = json.loads((tmp_path / "run" / "ensemble.json").read_text())
+    oof_acc = summary["blends"][summary["kept"]]["oof_acc"]
+    _, labels = demo_train
+    majority = np.bincount(labels).max() / len(labels)
+    assert oof_acc > majority + 0.03, f"ensemble OOF accuracy {oof_acc:.3f} vs majority class {majority:.3f}"
+    assert f"ensemble OOF accuracy: {oof_acc:.4f}" in result.stdout
+    assert {"round0/fer_vgg_tiny", "round1/fer_vgg_tiny"} <= set(summary["models"])
+    assert "pseudo-labelling: ensemble OOF accuracy" in result.stdout
+    assert (tmp_path / "run" / "round1" / "pseudo_labels.csv").exists()
+
+    # re-ensembling what is on disk gives the same submission
+    again = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "fer_kaggle.ensemble", "--workdir",
+                            str(tmp_path / "run"), "--submissions", str(tmp_path / "again"), "--out",
+                            str(tmp_path / "out.csv")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out.csv").read_text() == submissions[0].read_text()
+
+
+def _small_train(path, rows=900):
+    lines = lzma.open(DEMO / "train.csv.xz", "rt").read().splitlines()[:rows + 1]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_kill_9_then_same_command_resumes(tmp_path):
+    train = _small_train(tmp_path / "train.csv")
+    out = tmp_path / "out.csv"
+    command = ["bash", str(ROOT / "run.sh"), str(train), str(DEMO / "test.csv.xz"), str(out),
+               "--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "4",
+               "--no-pseudo", "--workdir", str(tmp_path / "run"), "--submissions", str(tmp_path / "subs")]
+    unit0, unit1 = (tmp_path / "run" / "round0" / "fer_vgg_tiny" / f"fold{k}" for k in (0, 1))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not (unit1 / "checkpoint.pt").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (unit1 / "metrics.json").exists(), "killed too late: fold 1 had already finished"
+    assert not out.exists()
+    folds_before = (tmp_path / "run" / "folds.csv").read_bytes()
+    finished_before = (unit0 / "metrics.json").stat().st_mtime_ns
+    epochs_done = len(pd.read_csv(unit1 / "history.csv"))
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "round 0: 1 of 2 units already finished" in result.stdout
+    assert (tmp_path / "run" / "folds.csv").read_bytes() == folds_before
+    assert (unit0 / "metrics.json").stat().st_mtime_ns == finished_before, "a finished unit was retrained"
+    history = pd.read_csv(unit1 / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    assert f"fold1 epoch {epochs_done}/4:" not in result.stdout, "finished epochs were trained again"
+    assert "fold1 epoch 4/4:" in result.stdout
+    assert not list((tmp_path / "run").rglob("*.tmp-*"))
+    submission = read_submission(out)
+    assert len(submission) == 400

@@ -1,0 +1,93 @@
+"""One unit: its files, resume after an interruption, and a clear stop on a diverging loss."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fer_kaggle import train
+from fer_kaggle.config import PRESETS
+from fer_kaggle.errors import FerKaggleError
+from fer_kaggle.train import Unit, train_unit
+
+CFG = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, tta="flip_shift")
+UNIT = Unit(0, "fer_vgg_tiny", 0)
+CPU = torch.device("cpu")
+
+
+def _outputs(unit_dir):
+    history = pd.read_csv(unit_dir / "history.csv").drop(columns="seconds")
+    with np.load(unit_dir / "oof.npz") as oof, np.load(unit_dir / "test.npz") as test:
+        arrays = {f"oof_{k}": oof[k] for k in oof.files} | {f"test_{k}": test[k] for k in test.files}
+    weights = torch.load(unit_dir / "checkpoint.pt", weights_only=True)["model"]
+    return history, arrays, weights
+
+
+def test_unit_writes_its_files(tmp_path, small_unit_data):
+    metrics = train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
+    unit_dir = UNIT.dir(tmp_path)
+    for name in ("config.json", "train_pipeline.json", "eval_pipeline.json", "checkpoint.pt", "history.csv",
+                 "oof.npz", "test.npz", "metrics.json"):
+        assert (unit_dir / name).exists(), name
+    assert not list(unit_dir.glob("*.tmp-*"))
+    with np.load(unit_dir / "oof.npz") as oof:
+        assert oof["probs"].shape == (100, 7) and (oof["rows"] == small_unit_data.valid_rows).all()
+    with np.load(unit_dir / "test.npz") as test:
+        assert test["probs"].shape == (60, 7) and (test["ids"] == small_unit_data.test_ids).all()
+        assert np.allclose(test["probs"].sum(1), 1, atol=1e-4)
+    assert len(pd.read_csv(unit_dir / "history.csv")) == 2 and metrics["epochs"] == 2
+    config = json.loads((unit_dir / "config.json").read_text())
+    assert config["backbone"] == "fer_vgg_tiny" and 0 < config["mean"] < 1
+    import albumentations as A
+    pipeline = A.load(str(unit_dir / "train_pipeline.json"), data_format="json")
+    assert [type(t).__name__ for t in pipeline.transforms][-2:] == ["Normalize", "ToTensorV2"]
+
+
+def test_interrupted_unit_resumes_to_the_same_files(tmp_path, small_unit_data, monkeypatch):
+    train_unit(CFG, UNIT, tmp_path / "straight", small_unit_data, CPU)
+    real_epoch, calls = train._train_epoch, []
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_unit(CFG, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+    resumed_dir = UNIT.dir(tmp_path / "resumed")
+    assert not (resumed_dir / "metrics.json").exists()
+    assert torch.load(resumed_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    train_unit(CFG, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+
+    history, arrays, weights = _outputs(UNIT.dir(tmp_path / "straight"))
+    history2, arrays2, weights2 = _outputs(resumed_dir)
+    pd.testing.assert_frame_equal(history, history2)
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], arrays2[name], err_msg=name)
+    for name in weights:
+        assert torch.equal(weights[name], weights2[name]), name
+
+
+def test_finished_unit_is_skipped(tmp_path, small_unit_data, monkeypatch):
+    first = train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
+    monkeypatch.setattr(train, "build_model", lambda *a: pytest.fail("a finished unit was retrained"))
+    assert train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU) == first
+
+
+def test_resume_with_other_options_is_refused(tmp_path, small_unit_data, monkeypatch):
+    monkeypatch.setattr(train, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
+    with pytest.raises(FerKaggleError, match="was started with epochs=2"):
+        train_unit(CFG.replace(epochs=5), UNIT, tmp_path, small_unit_data, CPU)
+
+
+def test_diverging_loss_stops_with_a_clear_error(tmp_path, small_unit_data):
+    exploding = CFG.replace(optimizer="sgd", lr=1e30, warmup_epochs=0.0)
+    with pytest.raises(FerKaggleError, match="training loss became (nan|inf)"):
+        train_unit(exploding, UNIT, tmp_path, small_unit_data, CPU)
+    assert not (UNIT.dir(tmp_path) / "metrics.json").exists()
