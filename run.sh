@@ -14,7 +14,8 @@ venv="$root/.venv"
 python="$venv/bin/python"
 
 setup() {  # $1: what must import, $2: what to install
-  if [ -x "$python" ] && "$python" -c "import $1" 2>/dev/null; then return; fi
+  # checked from / so that the source folder on sys.path does not pass for an installed package
+  if [ -x "$python" ] && (cd / && "$python" -c "import $1" 2>/dev/null); then return; fi
   echo "setting up $venv (one time: a few minutes, several GB with torch)" >&2
   [ -x "$python" ] || python3 -m venv "$venv"
   "$python" -m pip install --quiet --editable "$2"

@@ -50,29 +50,53 @@ def _decompressor(head):
 
 
 def _blocks(path):
-    """Yield the decompressed bytes of `path`, decompressing in a background thread."""
+    """Yield the decompressed bytes of `path`, decompressing in a background thread.
+
+    Concatenated gzip members and xz streams (`cat a.gz b.gz`) are all read, as gzip does.
+    """
     with open(path, "rb") as f:
         head = f.read(8)
-    kind, decompressor = _decompressor(head)
+    kind, _ = _decompressor(head)
     blocks = queue.Queue(maxsize=16)
+    stop = threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def produce():
         try:
             with open(path, "rb") as f:
-                while chunk := f.read(_BLOCK):
-                    blocks.put(decompressor.decompress(chunk) if decompressor else chunk)
+                _, decompressor = _decompressor(head)
+                while (chunk := f.read(_BLOCK)) and not stop.is_set():
+                    while decompressor and chunk:
+                        put(decompressor.decompress(chunk))
+                        chunk = decompressor.unused_data if decompressor.eof else b""
+                        if chunk:  # another member or stream follows
+                            _, decompressor = _decompressor(chunk)
+                            if decompressor is None:
+                                raise EOFError("unexpected bytes follow the compressed data")
+                    if decompressor is None:
+                        put(chunk)
             if decompressor and not decompressor.eof:
                 raise EOFError("it ends before the compressed stream does")
-            blocks.put(None)
+            put(None)
         except (lzma.LZMAError, zlib.error, EOFError, OSError) as exc:
-            blocks.put(exc)
+            put(exc)
 
     threading.Thread(target=produce, daemon=True).start()
-    while (block := blocks.get()) is not None:
-        if isinstance(block, Exception):
-            what = f"a corrupt or truncated {kind} file" if kind else "unreadable"
-            raise FerKaggleError(f"{path}: {what} ({block}); download it again")
-        yield block
+    try:
+        while (block := blocks.get()) is not None:
+            if isinstance(block, Exception):
+                what = f"a corrupt or truncated {kind} file" if kind else "unreadable"
+                raise FerKaggleError(f"{path}: {what} ({block}); download it again")
+            yield block
+    finally:
+        stop.set()  # a reader stopped early (a bad row) must not leave the thread blocked on a full queue
 
 
 def _lines(path):
@@ -90,6 +114,13 @@ def _lines(path):
 
 
 # ---------------------------------------------------------------- parsing
+
+def _existing_file(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FerKaggleError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+    return path
+
 
 def _split_fields(line):
     return [field.strip().strip(b'"').strip() for field in line.split(b",")]
@@ -125,7 +156,7 @@ def _first_bad_token(text):
 def _parse_pixels(path, number, text):
     """One row's 2304 pixels as uint8, or a FerKaggleError that names the line and the problem."""
     try:
-        pixels = np.fromstring(text, dtype=np.int32, sep=" ")
+        pixels = np.fromstring(text, dtype=np.int64, sep=" ")  # int64 saturates where int32 wraps
     except ValueError:
         pixels = None
     if pixels is None or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
@@ -151,9 +182,7 @@ def _parse_int(path, number, column, text, low=None, high=None):
 
 def _read_rows(path, expected):
     """Parse a CSV with columns (<key>, feature): returns (keys, images, line_numbers)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerKaggleError(f"{path}: no such file")
+    path = _existing_file(path)
     if path.stat().st_size == 0:
         raise FerKaggleError(f"{path}: the file is empty; expected a CSV with columns {','.join(expected)}")
     lines = _lines(path)
@@ -196,7 +225,7 @@ def read_test(path):
 # ---------------------------------------------------------------- cache
 
 def _cached(kind, reader, path, cache_dir):
-    cache = Path(cache_dir) / f"{kind}-{fingerprint(path)[:16]}.npz"
+    cache = Path(cache_dir) / f"{kind}-{fingerprint(_existing_file(path))[:16]}.npz"
     if cache.exists():
         with np.load(cache) as saved:
             return tuple(saved[name] for name in saved.files)

@@ -1,9 +1,16 @@
-"""Bad inputs through the real command line: exit status 2, one `error:` line, no traceback, nothing written."""
+"""Bad inputs through the real command line: exit status 2, one `error:` line, no traceback, nothing written.
+
+Each case runs `python -m fer_kaggle TRAIN TEST OUT --workdir W --preset demo` in a subprocess, in its
+own folder. Starting the CLI imports torch and timm (about 5 s of CPU), so the fixture `cli` runs the
+selected cases a few at a time in parallel, then each test checks its own case's result.
+"""
+import concurrent.futures
 import lzma
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
 N_ROWS = 6
+TIMEOUT_S = 180  # a case that wrongly starts training takes minutes: the timeout makes that a failure
 
 
 def _bundled_lines(name, n=N_ROWS):
@@ -30,118 +38,186 @@ def _write(path, lines):
 
 
 def _with_row(lines, index, row):
+    """`lines` with data row `index` (0 = first data row, on line 2) replaced by `row`."""
     out = list(lines)
     out[index + 1] = row
     return out
 
 
-def _run(tmp_path, *files):
-    """Run `python -m fer_kaggle FILES... --workdir W --preset demo` in tmp_path, on this checkout."""
+def _valid_files(folder):
+    return _write(folder / "train.csv", TRAIN_LINES), _write(folder / "test.csv", TEST_LINES), folder / "out.csv"
+
+
+# ---------------------------------------------------------------- the cases: folder -> (positional args, paths)
+
+CASES = {}
+
+
+def case(function):
+    CASES[function.__name__] = function
+    return function
+
+
+@case
+def bad_train_row(folder):
+    train, test, out = _valid_files(folder)
+    _write(train, _with_row(TRAIN_LINES, 1, f"7,{PIXELS}"))
+    return [train, test, out], dict(train=train, test=test, out=out)
+
+
+@case
+def bad_test_row(folder):
+    train, test, out = _valid_files(folder)
+    values = PIXELS.split()
+    values[10] = "256"
+    _write(test, _with_row(TEST_LINES, 2, "17," + " ".join(values)))
+    return [train, test, out], dict(train=train, test=test, out=out)
+
+
+@case
+def swapped(folder):
+    train, test, out = _valid_files(folder)
+    return [test, train, out], dict(train=train, test=test, out=out)
+
+
+@case
+def out_folder_missing(folder):
+    train, test, _ = _valid_files(folder)
+    out = folder / "no_such_folder" / "out.csv"
+    return [train, test, out], dict(out=out)
+
+
+@case
+def out_is_a_folder(folder):
+    train, test, _ = _valid_files(folder)
+    out = folder / "results"
+    out.mkdir()
+    return [train, test, out], dict(out=out)
+
+
+@case
+def two_positional(folder):
+    train, test, out = _valid_files(folder)
+    return [train, test], dict(out=out)
+
+
+@case
+def missing_train_file(folder):
+    _, test, out = _valid_files(folder)
+    train = folder / "train.csv.xz"
+    return [train, test, out], dict(train=train, out=out)
+
+
+@dataclass
+class Run:
+    folder: Path
+    paths: dict
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(name, folder):
+    args, paths = CASES[name](folder)
     env = dict(os.environ)
+    # The package is not necessarily installed: run this checkout's copy.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["FER_KAGGLE_HOME"] = str(tmp_path)
-    command = [sys.executable, "-m", "fer_kaggle", *map(str, files),
-               "--workdir", str(tmp_path / "w"), "--preset", "demo", "--device", "cpu"]
-    # A run that wrongly starts training would take minutes: the timeout turns that into a failure.
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    env["FER_KAGGLE_HOME"] = str(folder)
+    command = [sys.executable, "-m", "fer_kaggle", *map(str, args),
+               "--workdir", str(folder / "w"), "--preset", "demo", "--device", "cpu"]
+    try:
+        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        return Run(folder, paths, None, str(exc.stdout), f"timed out after {TIMEOUT_S} s: training started?")
+    return Run(folder, paths, result.returncode, result.stdout, result.stderr)
 
 
-def _assert_refused(result, *fragments):
-    """Exit 2, exactly one `error:` line on stderr naming every fragment, and no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        if isinstance(fragment, re.Pattern):
-            assert fragment.search(errors[0]), (fragment.pattern, errors[0])
-        else:
-            assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
+@pytest.fixture(scope="module")
+def cli(request, tmp_path_factory):
+    """{case name: Run} for the cases whose tests were selected, run in parallel."""
+    selected = {item.name.removeprefix("test_") for item in request.session.items
+                if item.module is request.module} & set(CASES)
+    workers = max(2, min(4, os.cpu_count() or 2))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(_run, name, tmp_path_factory.mktemp(name)) for name in sorted(selected)}
+        return {name: future.result() for name, future in futures.items()}
 
+
+# ---------------------------------------------------------------- checks
 
 def _line(n):
     return re.compile(rf"\bline {n}\b")
 
 
-@pytest.fixture
-def files(tmp_path):
-    """A valid small train and test file, and an output path beside them."""
-    train = _write(tmp_path / "train.csv", TRAIN_LINES)
-    test = _write(tmp_path / "test.csv", TEST_LINES)
-    return train, test, tmp_path / "out.csv"
+def _assert_refused(run, *fragments):
+    """Exit 2, exactly one `error:` line on stderr naming every fragment, and no traceback."""
+    assert run.returncode == 2, (run.returncode, run.stdout[-2000:], run.stderr[-3000:])
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr
+    for fragment in fragments:
+        if isinstance(fragment, re.Pattern):
+            assert fragment.search(errors[0]), (fragment.pattern, errors[0])
+        else:
+            assert fragment in errors[0], (fragment, errors[0])
+    assert not run.paths["out"].is_file(), "the output file was written"
+    return errors[0]
 
 
-def _nothing_trained(tmp_path):
-    workdir = tmp_path / "w"
-    assert not (workdir / "round0").exists()
+def _nothing_trained(run):
+    workdir = run.folder / "w"
+    assert not (workdir / "round0").exists(), "training started before both inputs were validated"
     assert not (workdir / "folds.csv").exists()
-    assert not (tmp_path / "submissions").exists() or not any((tmp_path / "submissions").iterdir())
+    submissions = run.folder / "submissions"
+    assert not submissions.exists() or not any(submissions.iterdir())
 
 
-def test_bad_train_row(tmp_path, files):
-    train, test, out = files
-    _write(train, _with_row(TRAIN_LINES, 1, f"7,{PIXELS}"))
-    _assert_refused(_run(tmp_path, train, test, out), str(train), _line(3), "label 7 is outside 0-6")
-    assert not out.exists()
-    _nothing_trained(tmp_path)
+def _no_work_started(run):
+    assert not (run.folder / "w").exists(), "the command line must be checked before any work starts"
+    _nothing_trained(run)
 
 
-def test_bad_test_row_is_found_before_training(tmp_path, files):
-    train, test, out = files
-    values = PIXELS.split()
-    values[10] = "256"
-    _write(test, _with_row(TEST_LINES, 2, "17," + " ".join(values)))
-    _assert_refused(_run(tmp_path, train, test, out), str(test), _line(4), "'256'", "0 to 255")
-    assert not out.exists()
-    _nothing_trained(tmp_path)
+def test_bad_train_row(cli):
+    run = cli["bad_train_row"]
+    _assert_refused(run, str(run.paths["train"]), _line(3), "label 7 is outside 0-6")
+    _nothing_trained(run)
 
 
-def test_swapped_train_and_test(tmp_path, files):
-    train, test, out = files
-    message = _assert_refused(_run(tmp_path, test, train, out), str(test), _line(1), "swapped")
-    assert "'id,feature'" in message
-    assert not out.exists()
-    _nothing_trained(tmp_path)
+def test_bad_test_row(cli):
+    """Both inputs are validated before training: a bad test file stops the run before round 0."""
+    run = cli["bad_test_row"]
+    _assert_refused(run, str(run.paths["test"]), _line(4), "'256'", "0 to 255")
+    _nothing_trained(run)
 
 
-def test_output_folder_does_not_exist(tmp_path, files):
-    train, test, _ = files
-    out = tmp_path / "no_such_folder" / "out.csv"
-    _assert_refused(_run(tmp_path, train, test, out), str(out), "does not exist")
-    assert not out.parent.exists()
-    assert not (tmp_path / "w").exists(), "the output path must be checked before any work starts"
+def test_swapped(cli):
+    run = cli["swapped"]
+    message = _assert_refused(run, str(run.paths["test"]), _line(1), "'id,feature'", "swapped")
+    assert str(run.paths["train"]) not in message
+    _nothing_trained(run)
 
 
-def test_output_path_is_a_folder(tmp_path, files):
-    train, test, _ = files
-    out = tmp_path / "results"
-    out.mkdir()
-    _assert_refused(_run(tmp_path, train, test, out), str(out), "is a folder")
-    assert out.is_dir() and not any(out.iterdir())
-    assert not (tmp_path / "w").exists(), "the output path must be checked before any work starts"
+def test_out_folder_missing(cli):
+    run = cli["out_folder_missing"]
+    _assert_refused(run, str(run.paths["out"]), "does not exist")
+    assert not run.paths["out"].parent.exists()
+    _no_work_started(run)
 
 
-def test_only_two_positional_files(tmp_path, files):
-    train, test, out = files
-    _assert_refused(_run(tmp_path, train, test), "TRAIN TEST OUT")
-    assert not out.exists()
-    assert not (tmp_path / "w").exists()
+def test_out_is_a_folder(cli):
+    run = cli["out_is_a_folder"]
+    _assert_refused(run, str(run.paths["out"]), "is a folder")
+    assert run.paths["out"].is_dir() and not any(run.paths["out"].iterdir())
+    _no_work_started(run)
 
 
-def test_missing_train_file(tmp_path, files):
-    _, test, out = files
-    train = tmp_path / "train.csv.xz"
-    _assert_refused(_run(tmp_path, train, test, out), str(train), "no such file")
-    assert not out.exists()
-    _nothing_trained(tmp_path)
+def test_two_positional(cli):
+    run = cli["two_positional"]
+    _assert_refused(run, "TRAIN TEST OUT")
+    _no_work_started(run)
 
 
-def test_truncated_test_file(tmp_path, files):
-    train, _, out = files
-    whole = (DEMO / "test.csv.xz").read_bytes()
-    test = tmp_path / "test.csv.xz"
-    test.write_bytes(whole[: len(whole) // 2])
-    _assert_refused(_run(tmp_path, train, test, out), str(test), "corrupt or truncated xz")
-    assert not out.exists()
-    _nothing_trained(tmp_path)
+def test_missing_train_file(cli):
+    run = cli["missing_train_file"]
+    _assert_refused(run, str(run.paths["train"]), "no such file")
+    _nothing_trained(run)

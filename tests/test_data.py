@@ -1,6 +1,5 @@
 """Parsing and validation of the competition CSVs (fer_kaggle.data), on small files built from real rows."""
 import gzip
-import io
 import lzma
 import re
 from pathlib import Path
@@ -147,8 +146,6 @@ def test_pixel_layout_is_row_major(tmp_path):
     assert images[0, 47, 47] == (48 * 48 - 1) % 256
 
 
-@pytest.mark.xfail(strict=True, reason="bug: data._blocks stops after the first gzip member / xz stream "
-                   "and silently drops the rest of the file")
 @pytest.mark.parametrize("suffix,compress", [(".gz", gzip.compress), (".xz", lzma.compress)])
 def test_concatenated_compressed_streams_are_all_read(tmp_path, suffix, compress):
     """`cat a.gz b.gz` is one valid gzip file (likewise xz); gzip, lzma and pandas read every member."""
@@ -234,7 +231,6 @@ def test_out_of_range_pixel(tmp_path, bad):
     _raises(path, _line(N_ROWS + 1), f"'{bad}'", "0 to 255")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: np.fromstring(dtype=int32) wraps 2**32+5 round to 5, accepted")
 def test_pixel_that_wraps_around_int32(tmp_path):
     values = PIXELS.split()
     values[0] = str(2**32 + 5)
@@ -336,6 +332,13 @@ def test_header_only_test(tmp_path):
 def test_missing_file(tmp_path):
     _raises(tmp_path / "nope" / "train.csv", "no such file")
     _raises(tmp_path / "test.csv.xz", "no such file", reader=read_test)
+
+
+@pytest.mark.parametrize("loader", [load_train, load_test])
+@pytest.mark.parametrize("missing", ["nope.csv", "folder"])
+def test_load_missing_file(tmp_path, loader, missing):
+    (tmp_path / "folder").mkdir()
+    _raises(tmp_path / missing, reader=lambda path: loader(path, tmp_path / "cache"))
 
 
 def test_corrupt_xz(tmp_path):
@@ -448,3 +451,20 @@ def test_invalid_file_leaves_no_cache_entry(tmp_path):
     with pytest.raises(FerKaggleError):
         load_train(path, cache)
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_early_error_in_a_large_file_leaves_no_thread_behind(tmp_path):
+    """The decompressing thread must stop when the reader stops at a bad row, not block forever."""
+    import threading
+    import time
+
+    rows = [TRAIN_LINES[1]] * 4000  # about 36 MB: far more than the reader's queue holds
+    rows[1] = "9," + rows[1].split(",", 1)[1]
+    path = _write(tmp_path / "big.csv", ["label,feature"] + rows)
+    before = threading.active_count()
+    with pytest.raises(FerKaggleError, match="line 3"):
+        read_train(path)
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
