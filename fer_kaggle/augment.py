@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from .data import IMAGE_SIZE
+
 
 AUGMENT_LEVELS = ("none", "light", "full")
 
@@ -29,7 +31,11 @@ def _normalize(mean, std):
     return A.Normalize(mean=(mean,), std=(std,), max_pixel_value=255.0)
 
 
-def train_pipeline(mean, std, augment="full"):
+def _resize(image_size):
+    return [] if image_size == IMAGE_SIZE else [A.Resize(image_size, image_size)]
+
+
+def train_pipeline(mean, std, augment="full", image_size=IMAGE_SIZE):
     """Augment ("full": flip, shift/scale/rotate, brightness/contrast, random erasing;
     "light": flip and small shifts, for short runs on little data; "none"), then normalise."""
     if augment not in AUGMENT_LEVELS:
@@ -49,11 +55,11 @@ def train_pipeline(mean, std, augment="full"):
             A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 16), hole_width_range=(8, 16),
                             fill=0, p=0.5),
         ]
-    return A.Compose(steps + [_normalize(mean, std), ToTensorV2()], seed=0)
+    return A.Compose(_resize(image_size) + steps + [_normalize(mean, std), ToTensorV2()], seed=0)
 
 
-def eval_pipeline(mean, std):
-    return A.Compose([_normalize(mean, std), ToTensorV2()], seed=0)
+def eval_pipeline(mean, std, image_size=IMAGE_SIZE):
+    return A.Compose(_resize(image_size) + [_normalize(mean, std), ToTensorV2()], seed=0)
 
 
 def to_tensor(images, pipeline):

@@ -25,6 +25,7 @@ class Config:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     # --- data pipeline
+    image_size: int = 48             # faces are resized to this side first (48: FER2013's own)
     augment: str = "full"            # full | light (flip, small shifts) | none (ablation)
     normalize: bool = True           # False: pixels/255 instead of (pixels - mean) / std (ablation)
     workers: int = -1                # DataLoader workers; -1: none on CPU, up to 8 on CUDA
@@ -45,7 +46,7 @@ class Config:
 PRESETS = {
     # A CPU run in minutes: tiny backbones, 3 folds, few epochs.
     # Little data and few epochs: AdamW and light augmentation learn fastest there.
-    "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=8,
+    "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=12,
                    batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
                    augment="light", tta="flip", pseudo_threshold=0.6),
     # One GPU: full-width VGG-13 and CIFAR ResNet-18 on 5 folds.
@@ -55,5 +56,5 @@ GPU_PRESETS = {"gpu"}
 
 
 # Fields that change what a unit learns; a resumed unit must match them exactly.
-TRAINING_FIELDS = ("seed", "folds", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+TRAINING_FIELDS = ("seed", "folds", "image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                    "warmup_epochs", "label_smoothing", "augment", "normalize", "pseudo_threshold")

@@ -28,6 +28,9 @@ def duplicate_groups(images):
 def assign_folds(labels, groups, n_folds, seed):
     """Fold index per row, stratified by label, each duplicate group inside one fold."""
     folds = np.full(len(labels), -1, dtype=np.int64)
+    if len(np.unique(groups)) < n_folds:
+        raise FerKaggleError(f"{n_folds} folds need at least {n_folds} distinct images; "
+                             f"the train file has {len(np.unique(groups))}")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for fold, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[valid] = fold

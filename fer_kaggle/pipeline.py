@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 
 from . import ensemble, pseudo
@@ -52,6 +53,7 @@ def build_parser():
                         help="comma-separated timm model names, e.g. fer_vgg13,fer_resnet18")
     parser.add_argument("--folds", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--image-size", type=int, help="resize faces to this side (default 48, their own)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"])
@@ -81,6 +83,12 @@ def resolve(args):
     cfg = PRESETS[preset].replace(**overrides)
     if cfg.folds < 2:
         raise FerKaggleError(f"--folds {cfg.folds}: at least 2 folds are needed for out-of-fold predictions")
+    unknown = [name for name in cfg.backbones if not timm.is_model(name)]
+    if unknown:
+        raise FerKaggleError(f"unknown backbone(s) {', '.join(unknown)}: give timm model names, "
+                             f"e.g. ours: {', '.join(timm.list_models('fer_*'))}")
+    if cfg.image_size < 32:
+        raise FerKaggleError(f"--image-size {cfg.image_size}: at least 32 pixels are needed")
     if not 0 < cfg.pseudo_threshold <= 1:
         raise FerKaggleError(f"--pseudo-threshold {cfg.pseudo_threshold}: must be in (0, 1]")
     if demo:
@@ -98,7 +106,8 @@ def estimate_cpu_hours(cfg, n_train, device):
     for backbone in cfg.backbones:
         model = build_model(backbone, device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        images, labels = torch.randn(32, 1, 48, 48), torch.randint(0, 7, (32,))
+        images = torch.randn(32, 1, cfg.image_size, cfg.image_size)
+        labels = torch.randint(0, 7, (32,))
         for step in range(3):
             if step == 1:
                 started = time.perf_counter()

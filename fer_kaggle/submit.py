@@ -1,4 +1,6 @@
 """Stage 8: the `id,label` CSV the user uploads, validated before it is written."""
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,8 @@ def check_out_path(path):
         raise FerKaggleError(f"{path}: is a folder; give the path of the CSV file to write")
     if not path.parent.is_dir():
         raise FerKaggleError(f"{path}: the folder {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise FerKaggleError(f"{path}: the folder {path.parent} is not writable")
 
 
 def submission_frame(ids, labels):

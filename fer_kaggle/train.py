@@ -142,8 +142,8 @@ def train_unit(cfg, unit, workdir, data, device):
         return json.loads((unit_dir / "metrics.json").read_text())
     unit_dir.mkdir(parents=True, exist_ok=True)
     mean, std = augment.normalize_stats(data.train_images, cfg.normalize)
-    train_pipe = augment.train_pipeline(mean, std, cfg.augment)
-    eval_pipe = augment.eval_pipeline(mean, std)
+    train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size)
+    eval_pipe = augment.eval_pipeline(mean, std, cfg.image_size)
     _check_config(unit, unit_dir, {**cfg.to_dict(), "round": unit.round, "backbone": unit.backbone,
                                    "fold": unit.fold, "mean": mean, "std": std,
                                    "train_rows": len(data.train_images), "device": str(device)})

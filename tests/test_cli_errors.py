@@ -221,3 +221,24 @@ def test_missing_train_file(cli):
     run = cli["missing_train_file"]
     _assert_refused(run, str(run.paths["train"]), "no such file")
     _nothing_trained(run)
+
+
+def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
+    from fer_kaggle.pipeline import main
+    code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
+                 "--backbones", "fer_vgg_tiny,no_such_net", "--workdir", str(tmp_path / "w")])
+    assert code == 2
+    assert "unknown backbone(s) no_such_net" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out.csv").exists()
+
+
+def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypatch):
+    import torch
+    from fer_kaggle.pipeline import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
+                 "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "preset 'gpu' trains" in err and "hours" in err and "--preset demo" in err
+    assert not (tmp_path / "w" / "round0").exists() and not (tmp_path / "out.csv").exists()

@@ -91,3 +91,11 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path, small_unit_data):
     with pytest.raises(FerKaggleError, match="training loss became (nan|inf)"):
         train_unit(exploding, UNIT, tmp_path, small_unit_data, CPU)
     assert not (UNIT.dir(tmp_path) / "metrics.json").exists()
+
+
+def test_image_size_resizes_in_both_pipelines():
+    from fer_kaggle import augment
+    image = np.zeros((48, 48), dtype=np.uint8)
+    for pipeline in (augment.train_pipeline(0.5, 0.25, "full", 64), augment.eval_pipeline(0.5, 0.25, 64)):
+        assert pipeline(image=image)["image"].shape == (1, 64, 64)
+    assert augment.eval_pipeline(0.5, 0.25)(image=image)["image"].shape == (1, 48, 48)
