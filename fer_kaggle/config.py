@@ -35,6 +35,9 @@ class Config:
     # --- pseudo-labelling
     pseudo: bool = True              # a second round with confident test predictions added to training
     pseudo_threshold: float = 0.9    # minimum ensemble probability for a test image to be added
+    # --- analysis
+    ablation: bool = False           # also train the first backbone without normalisation, without
+                                     # augmentation, and a plain DNN of its size (kept out of the ensemble)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

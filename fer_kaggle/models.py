@@ -95,6 +95,32 @@ class FerResNet(_ClassifierMixin, nn.Module):
         return self.stages(self.stem(x))
 
 
+class FerDnn(_ClassifierMixin, nn.Module):
+    """A plain fully-connected network on the 2,304 pixels: the report's DNN-against-CNN baseline.
+
+    Blocks of Linear-BatchNorm-ReLU-Dropout; no convolution, so no notion of neighbouring pixels.
+    """
+
+    def __init__(self, hidden=(1536, 768), in_chans=1, num_classes=7, drop_rate=0.3, img_size=48):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_chans * img_size * img_size
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+            width = size
+        self.features = nn.Sequential(*layers)
+        self._init_head(width, num_classes, 0.0)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.fc(x)
+
+
+# Each DNN is sized to within 10% of the parameters of the CNN it is compared with.
+DNN_COUNTERPARTS = {"fer_dnn": "fer_vgg13", "fer_dnn_tiny": "fer_vgg_tiny"}
+
+
 def _cfg(**kwargs):
     return {"input_size": (1, 48, 48), "num_classes": 7, "mean": (0.5,), "std": (0.25,),
             "first_conv": "", "classifier": "fc", **kwargs}
@@ -105,6 +131,8 @@ default_cfgs = generate_default_cfgs({
     "fer_vgg_tiny": _cfg(),
     "fer_resnet18": _cfg(),
     "fer_resnet_tiny": _cfg(),
+    "fer_dnn": _cfg(),
+    "fer_dnn_tiny": _cfg(),
 })
 
 
@@ -141,3 +169,15 @@ def fer_resnet_tiny(pretrained=False, **kwargs):
     """
     return _create(FerResNet, "fer_resnet_tiny", pretrained,
                    **{"widths": (16, 32, 64, 128), "blocks": (1, 1, 1, 1), "stem_stride": 2, **kwargs})
+
+
+@register_model
+def fer_dnn(pretrained=False, **kwargs):
+    """Fully-connected 2304-1536-768-7 (4.7M params, as fer_vgg13)."""
+    return _create(FerDnn, "fer_dnn", pretrained, **kwargs)
+
+
+@register_model
+def fer_dnn_tiny(pretrained=False, **kwargs):
+    """Fully-connected 2304-120-60-7 (0.28M params, as fer_vgg_tiny)."""
+    return _create(FerDnn, "fer_dnn_tiny", pretrained, **{"hidden": (120, 60), **kwargs})

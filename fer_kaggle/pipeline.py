@@ -23,6 +23,7 @@ from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint, load_test, load_train
 from .errors import FerKaggleError
 from .folds import make_or_load_folds
+from .models import DNN_COUNTERPARTS
 from .submit import check_out_path
 from .train import Unit, UnitData, build_model, is_finished, resolve_device, train_unit
 
@@ -68,6 +69,8 @@ def build_parser():
     _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
     _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
     parser.add_argument("--pseudo-threshold", type=float, help="minimum ensemble probability for a pseudo-label")
+    parser.add_argument("--report", type=Path, help="also write the analysis report (index.html, report.md) here")
+    _bool_flag(parser, "ablation", "also train the report's ablations: no normalisation, no augmentation, a DNN")
     return parser
 
 
@@ -87,6 +90,8 @@ def resolve(args):
     if unknown:
         raise FerKaggleError(f"unknown backbone(s) {', '.join(unknown)}: give timm model names, "
                              f"e.g. ours: {', '.join(timm.list_models('fer_*'))}")
+    if cfg.ablation:
+        ablation_variants(cfg)  # refuses a backbone list without a DNN-sized CNN, before any work
     if cfg.image_size < 32:
         raise FerKaggleError(f"--image-size {cfg.image_size}: at least 32 pixels are needed")
     if not 0 < cfg.pseudo_threshold <= 1:
@@ -128,10 +133,9 @@ def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, ex
     return UnitData(images, labels, valid, train_x[valid], train_y[valid], test_ids, test_x)
 
 
-def _train_round(cfg, round_, workdir, device, train_x, train_y, folds, test_ids, test_x, pseudo_table=None):
-    units = [Unit(round_, backbone, fold) for backbone in cfg.backbones for fold in range(cfg.folds)]
+def _train_units(cfg, units, workdir, device, train_x, train_y, folds, test_ids, test_x, pseudo_table=None):
     todo = [u for u in units if not is_finished(u.dir(workdir))]
-    print(f"round {round_}: {len(units) - len(todo)} of {len(units)} units already finished")
+    print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished")
     position = {test_id: p for p, test_id in enumerate(test_ids)}
     for unit in todo:
         extra_x = extra_y = None
@@ -145,7 +149,29 @@ def _train_round(cfg, round_, workdir, device, train_x, train_y, folds, test_ids
               f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)")
 
 
-def run(cfg, train, test, out, workdir, submissions):
+def _round_units(cfg, round_):
+    return [Unit(round_, backbone, fold) for backbone in cfg.backbones for fold in range(cfg.folds)]
+
+
+def ablation_variants(cfg):
+    """(variant, config, backbone) of the report's ablations: the first backbone that has a DNN of its size."""
+    counterparts = {cnn: dnn for dnn, cnn in DNN_COUNTERPARTS.items()}
+    cnn = next((b for b in cfg.backbones if b in counterparts), None)
+    if cnn is None:
+        raise FerKaggleError(f"--ablation compares a DNN with a CNN of its size: include one of "
+                             f"{', '.join(counterparts)} in --backbones")
+    return [("no_normalize", cfg.replace(normalize=False), cnn),
+            ("no_augment", cfg.replace(augment="none"), cnn),
+            ("dnn", cfg, counterparts[cnn])]
+
+
+def _train_ablations(cfg, workdir, device, *arrays):
+    for variant, variant_cfg, backbone in ablation_variants(cfg):
+        units = [Unit(0, backbone, fold, variant) for fold in range(cfg.folds)]
+        _train_units(variant_cfg, units, workdir, device, *arrays)
+
+
+def run(cfg, train, test, out, workdir, submissions, report_dir=None):
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     cache = workdir / "cache"
@@ -164,23 +190,30 @@ def run(cfg, train, test, out, workdir, submissions):
     print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
           f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
 
-    _train_round(cfg, 0, workdir, device, train_x, train_y, folds, test_ids, test_x)
+    arrays = (train_x, train_y, folds, test_ids, test_x)
+    _train_units(cfg, _round_units(cfg, 0), workdir, device, *arrays)
     if cfg.pseudo:
         models, labels = ensemble.load_models(workdir)
         before = ensemble.ensemble([m for m in models if m.name.startswith("round0/")], labels)
         table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cfg.pseudo_threshold)
         print(f"pseudo-labels (probability >= {cfg.pseudo_threshold}) added per class and fold:")
         print(pseudo.counts_per_class(table, cfg.folds).to_string())
-        _train_round(cfg, 1, workdir, device, train_x, train_y, folds, test_ids, test_x, table)
+        _train_units(cfg, _round_units(cfg, 1), workdir, device, *arrays, table)
         models, _ = ensemble.load_models(workdir)
         after = ensemble.ensemble([m for m in models if m.name.startswith("round1/")], labels)
         print(f"pseudo-labelling: ensemble OOF accuracy {_best(before):.4f} before, {_best(after):.4f} after")
 
+    if cfg.ablation:
+        _train_ablations(cfg, workdir, device, *arrays)
     summary, path = ensemble.run(workdir, submissions, out)
     kept = summary["blends"][summary["kept"]]
     print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
     print(f"ensemble OOF accuracy: {kept['oof_acc']:.4f} ({summary['kept']} of {len(summary['models'])} models)"
           f"; majority-class rate {np.bincount(train_y).max() / len(train_y):.4f}")
+    if report_dir is not None:
+        from . import report  # matplotlib, captum and torchinfo load only when a report is asked for
+        report.build(workdir, report_dir)
+        print(f"report: {report_dir / 'index.html'} (and report.md)")
     print(f"total time: {time.perf_counter() - started:.0f} s")
     return summary, path
 
@@ -193,7 +226,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         cfg, train, test, out, workdir = resolve(args)
-        run(cfg, train, test, out, workdir, args.submissions)
+        run(cfg, train, test, out, workdir, args.submissions, args.report)
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

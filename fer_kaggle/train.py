@@ -1,7 +1,7 @@
 """Stage 4-5: train one unit (round, backbone, fold) and save its probabilities; resume if interrupted.
 
 Reads  the unit's train/valid/test arrays (from the pipeline).
-Writes `<workdir>/round<r>/<backbone>/fold<k>/`:
+Writes `<workdir>/round<r>/<backbone>/fold<k>/` (ablations: `ablation/<variant>/<backbone>/fold<k>/`):
        config.json, train_pipeline.json, eval_pipeline.json  (what was run)
        checkpoint.pt   model, optimizer and scheduler after the last finished epoch
        history.csv     per-epoch train/valid loss and accuracy
@@ -37,16 +37,22 @@ class Unit:
     round: int
     backbone: str
     fold: int
+    variant: str = ""  # an ablation ("no_normalize", "no_augment", "dnn"): kept out of the ensemble
 
     @property
     def name(self):
+        if self.variant:
+            return f"ablation/{self.variant}/{self.backbone}/fold{self.fold}"
         return f"round{self.round}/{self.backbone}/fold{self.fold}"
 
     def dir(self, workdir):
         return Path(workdir) / self.name
 
     def seed(self, base_seed, *more):
-        """A seed for this unit (and e.g. an epoch), independent of the other units' seeds."""
+        """A seed for this unit (and e.g. an epoch), independent of the other units' seeds.
+
+        An ablation shares its baseline's seeds: same initialisation, same batches.
+        """
         key = [base_seed, self.round, zlib.crc32(self.backbone.encode()), self.fold, *more]
         return int(np.random.SeedSequence(key).generate_state(1)[0])
 

@@ -19,7 +19,7 @@ DEMO = ROOT / "fer_kaggle" / "demo_data"
 
 def run_sh(*args, **kwargs):
     return subprocess.run(["bash", str(ROOT / "run.sh"), *map(str, args)], capture_output=True, text=True,
-                          timeout=900, **kwargs)
+                          timeout=2400, **kwargs)  # generous: a loaded machine is slow, not hung
 
 
 def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_train):
@@ -64,7 +64,7 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     unit0, unit1 = (tmp_path / "run" / "round0" / "fer_vgg_tiny" / f"fold{k}" for k in (0, 1))
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 1200
     while not (unit1 / "checkpoint.pt").exists():
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
@@ -77,9 +77,9 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     finished_before = (unit0 / "metrics.json").stat().st_mtime_ns
     epochs_done = len(pd.read_csv(unit1 / "history.csv"))
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "round 0: 1 of 2 units already finished" in result.stdout
+    assert "round0: 1 of 2 units already finished" in result.stdout
     assert (tmp_path / "run" / "folds.csv").read_bytes() == folds_before
     assert (unit0 / "metrics.json").stat().st_mtime_ns == finished_before, "a finished unit was retrained"
     history = pd.read_csv(unit1 / "history.csv")

@@ -1,0 +1,472 @@
+"""Stage 9: the analysis report of a finished run, as a folder readable without the code.
+
+    python -m fer_kaggle.report --out DIR [--workdir folds] [--layer NAME]
+    bash run.sh ... --report DIR
+
+Reads  everything a run wrote under --workdir (folds, units, pseudo-labels, the parse cache).
+Writes DIR/index.html and DIR/report.md (the same content) and DIR/*.png.
+
+Sections: models, training curves, confusion matrix, saliency and Grad-CAM, filters,
+DNN against CNN, ablations, pseudo-labelling, ensemble. A part the run lacks (no
+--ablation, no pseudo-labelling round) is named in its section, with the option to add.
+"""
+import argparse
+import html
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+import torchinfo
+from matplotlib.figure import Figure as MplFigure  # no pyplot: no GUI backend, nothing global
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
+from tqdm.auto import tqdm
+
+from . import ensemble, explain
+from .atomic import atomic_path, write_text
+from .data import CLASS_NAMES, NUM_CLASSES
+from .errors import FerKaggleError
+from .models import DNN_COUNTERPARTS
+
+
+# ---------------------------------------------------------------- report structure
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)  # str (a paragraph), DataFrame, or Figure
+
+    def text(self, paragraph):
+        self.blocks.append(paragraph)
+
+    def table(self, frame):
+        self.blocks.append(frame)
+
+    def figure(self, path, caption):
+        self.blocks.append(Figure(Path(path).name, caption))
+
+
+@dataclass
+class Figure:
+    filename: str
+    caption: str
+
+
+@dataclass
+class Run:
+    """What a run folder holds, read once."""
+    workdir: Path
+    labels: np.ndarray
+    folds: np.ndarray
+    train_images: np.ndarray
+    models: list            # ensemble.Model of every finished round model
+    result: dict            # ensemble.ensemble(models, labels)
+
+    @classmethod
+    def load(cls, workdir):
+        workdir = Path(workdir)
+        models, labels = ensemble.load_models(workdir)
+        meta = json.loads((workdir / "folds.json").read_text())
+        cache = workdir / "cache" / f"train-{meta['train_fingerprint'][:16]}.npz"
+        if not cache.exists():
+            raise FerKaggleError(f"{cache}: the run's parsed train images are gone; run run.sh again to rebuild them")
+        with np.load(cache) as saved:
+            images = saved["arr_0"]
+        folds = pd.read_csv(workdir / "folds.csv")["fold"].to_numpy()
+        return cls(workdir, labels, folds, images, models, ensemble.ensemble(models, labels))
+
+    def unit_dirs(self, model_dir):
+        return sorted((self.workdir / model_dir).glob("fold*/"), key=lambda p: int(p.name[4:]))
+
+    def backbones(self, round_="round0"):
+        return sorted(p.name for p in (self.workdir / round_).glob("*/") if p.is_dir())
+
+    def kept_oof(self):
+        weights = self.result["blends"][self.result["kept"]]["weights"]
+        return ensemble.blend(np.stack([m.oof for m in self.models]), weights)
+
+
+def _pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def _subplots(rows=1, cols=1, figsize=(8, 4), **kwargs):
+    fig = MplFigure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return path
+
+
+# ---------------------------------------------------------------- 1. models
+
+def layer_table(model, max_depth=2):
+    """Type, output shape and parameters of each layer down to `max_depth`, for a 1x1x48x48 input."""
+    stats = torchinfo.summary(model, input_size=(1, 1, 48, 48), verbose=0, device="cpu")
+    rows = [{"layer": "  " * (layer.depth - 1) + f"{layer.var_name} ({layer.class_name})",
+             "output shape": " x ".join(map(str, layer.output_size[1:])),
+             "parameters": f"{layer.num_params:,}"}
+            for layer in stats.summary_list if 1 <= layer.depth <= max_depth]
+    return pd.DataFrame(rows), stats.total_params
+
+
+def models_section(run):
+    section = Section("1. Models")
+    names = run.backbones() + [name for name in [_ablation_backbone(run, "dnn")] if name]
+    for name in names:
+        model = timm.create_model(name, in_chans=1, num_classes=NUM_CLASSES)
+        table, total = layer_table(model)
+        section.text(f"**{name}**: {total:,} parameters, input 1 x 48 x 48.")
+        section.table(table)
+    return section
+
+
+# ---------------------------------------------------------------- 2. curves
+
+def curves_section(run, out):
+    section = Section("2. Training curves")
+    model_dirs = [f"{r}/{b}" for r in ("round0", "round1") for b in run.backbones(r)]
+    fig, axes = _subplots(len(model_dirs), 2, figsize=(11, 3.2 * len(model_dirs)), squeeze=False)
+    for row, model_dir in enumerate(model_dirs):
+        for unit_dir in run.unit_dirs(model_dir):
+            history = pd.read_csv(unit_dir / "history.csv")
+            for col, metric in enumerate(("loss", "acc")):
+                ax = axes[row, col]
+                line, = ax.plot(history["epoch"], history[f"train_{metric}"], label=f"{unit_dir.name} train")
+                ax.plot(history["epoch"], history[f"valid_{metric}"], "--", color=line.get_color(),
+                        label=f"{unit_dir.name} validation")
+        for col, metric in enumerate(("loss", "accuracy")):
+            axes[row, col].set(title=f"{model_dir}: {metric}", xlabel="epoch", ylabel=metric)
+            axes[row, col].grid(alpha=0.3)
+        axes[row, 1].legend(fontsize=7, ncol=2)
+    section.figure(_save(fig, out / "curves.png"), "Loss and accuracy per epoch; solid: training (augmented "
+                   "batches), dashed: the held-out fold. One row per model, folds overlaid.")
+    return section
+
+
+# ---------------------------------------------------------------- 3. confusion
+
+def most_confused(matrix, count=3):
+    """Sentences naming the largest off-diagonal entries of a row-normalised confusion matrix."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:count]
+    return [f"{CLASS_NAMES[t]} is taken for {CLASS_NAMES[p]} in {_pct(off[t, p])} of cases"
+            for t, p in zip(*np.unravel_index(order, off.shape))]
+
+
+def confusion_section(run, out):
+    section = Section("3. Confusion matrix")
+    predicted = run.kept_oof().argmax(1)
+    matrix = confusion_matrix(run.labels, predicted, labels=range(NUM_CLASSES), normalize="true")
+    fig, ax = _subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(matrix, display_labels=CLASS_NAMES).plot(ax=ax, cmap="Blues", values_format=".2f",
+                                                                   colorbar=False)
+    ax.set(title=f"Ensemble OOF predictions, normalised per true class (accuracy "
+                 f"{_pct((predicted == run.labels).mean())})", xlabel="predicted class", ylabel="true class")
+    for tick in ax.get_xticklabels():
+        tick.set(rotation=35, ha="right")
+    section.figure(_save(fig, out / "confusion.png"), "Each row: where the faces of one true class went.")
+    precision, recall, f1, support = precision_recall_fscore_support(
+        run.labels, predicted, labels=range(NUM_CLASSES), zero_division=0)
+    section.table(pd.DataFrame({"class": CLASS_NAMES, "precision": precision.round(3), "recall": recall.round(3),
+                                "F1": f1.round(3), "images": support}))
+    section.text("Most confused: " + "; ".join(most_confused(matrix)) + ".")
+    return section
+
+
+# ---------------------------------------------------------------- 4-5. what the CNN looks at
+
+def _first_unit(run):
+    backbone = next((b for b in run.backbones() if b not in DNN_COUNTERPARTS), None)
+    if backbone is None:
+        raise FerKaggleError(f"{run.workdir}: saliency maps and filters need a CNN, and this run has none")
+    return run.workdir / "round0" / backbone / "fold0"
+
+
+def _ablation_backbone(run, variant):
+    """The backbone an ablation variant was trained with, or None if the run has none."""
+    found = sorted(p.name for p in (run.workdir / "ablation" / variant).glob("*/"))
+    return found[0] if found else None
+
+
+def saliency_section(run, out, per_class):
+    section = Section("4. Saliency maps")
+    unit_dir = _first_unit(run)
+    model, mean, std = explain.load_unit_model(unit_dir)
+    with np.load(unit_dir / "oof.npz") as oof:
+        rows, probs = oof["rows"], oof["probs"]
+    picked = explain.pick_examples(probs, run.labels[rows], per_class=per_class)
+    faces = run.train_images[rows[picked]]
+    images = explain.normalise(faces, mean, std)
+    predicted = probs[picked].argmax(1)
+    saliency = explain.saliency(model, images, torch.as_tensor(predicted))
+    cams = explain.grad_cam(model, explain.last_conv_layer(model), images, torch.as_tensor(predicted))
+    path = explain.plot_saliency_grid(out / "saliency.png", faces, run.labels[rows[picked]], predicted,
+                                      saliency, cams)
+    section.text(f"Model: {unit_dir.relative_to(run.workdir)}, on faces of its held-out fold, "
+                 f"{per_class} correct and {per_class} wrong per class where there are some. Vanilla gradient "
+                 "saliency shows which pixels change the predicted class's score most; Grad-CAM shows which "
+                 "regions of the last convolution's map support it.")
+    section.figure(path, "Face, gradient saliency, and Grad-CAM for the predicted class.")
+    return section, (model, mean, std, faces)
+
+
+def filters_section(out, explained, layer_name):
+    model, mean, std, faces = explained
+    section = Section("5. Filters")
+    layers = dict(explain.conv_layers(model))
+    if layer_name is None:
+        layer_name = list(layers)[len(layers) // 2]
+    if layer_name not in layers:
+        raise FerKaggleError(f"--layer {layer_name}: no such convolution; choose one of {', '.join(layers)}")
+    layer = layers[layer_name]
+    channels = list(range(min(16, layer.out_channels)))
+    images = explain.visualise_filters(model, layer, channels)
+    section.figure(explain.plot_filters(out / "filters.png", images, layer_name, channels),
+                   f"Inputs that maximally activate filters {channels[0]}-{channels[-1]} of {layer_name}, "
+                   "found by regularised gradient ascent from noise.")
+    face = faces[0]
+    activations = explain.layer_outputs(model, layer, explain.normalise(face[None], mean, std)[0])
+    section.figure(explain.plot_layer_outputs(out / "layer_outputs.png", face, activations, layer_name),
+                   f"Outputs of {layer_name}'s filters for one face.")
+    return section
+
+
+# ---------------------------------------------------------------- 6-7. DNN against CNN, ablations
+
+def _model_scores(run, model_dir):
+    """OOF accuracy (TTA and plain) of a model folder whose folds are all finished, else None."""
+    units = run.unit_dirs(model_dir)
+    if not units or not all((u / "metrics.json").exists() for u in units):
+        return None
+    oof, plain = np.full((len(run.labels), NUM_CLASSES), np.nan), np.full((len(run.labels), NUM_CLASSES), np.nan)
+    seconds = 0.0
+    for unit in units:
+        with np.load(unit / "oof.npz") as saved:
+            oof[saved["rows"]], plain[saved["rows"]] = saved["probs"], saved["probs_plain"]
+        seconds += json.loads((unit / "metrics.json").read_text())["train_seconds"]
+    return {"OOF accuracy": round(ensemble.accuracy(oof, run.labels), 4),
+            "without TTA": round(ensemble.accuracy(plain, run.labels), 4), "train seconds": round(seconds)}
+
+
+def _parameters(name):
+    return sum(p.numel() for p in timm.create_model(name, in_chans=1, num_classes=NUM_CLASSES).parameters())
+
+
+def _mean_valid_curve(run, model_dir):
+    histories = [pd.read_csv(u / "history.csv") for u in run.unit_dirs(model_dir)]
+    return pd.concat(histories).groupby("epoch")[["train_acc", "valid_acc"]].mean()
+
+
+def dnn_section(run, out):
+    section = Section("6. A plain DNN against the CNN")
+    dnn = _ablation_backbone(run, "dnn")
+    if dnn is None or _model_scores(run, f"ablation/dnn/{dnn}") is None:
+        section.text("Not in this run: add `--ablation` to run.sh to train a fully-connected network of the "
+                     "size of a CNN (fer_vgg13 or fer_vgg_tiny) on the same folds.")
+        return section
+    cnn = DNN_COUNTERPARTS[dnn]
+    rows = []
+    for name, model_dir in ((cnn, f"round0/{cnn}"), (dnn, f"ablation/dnn/{dnn}")):
+        rows.append({"model": name, "kind": "DNN" if name in DNN_COUNTERPARTS else "CNN",
+                     "parameters": f"{_parameters(name):,}", **_model_scores(run, model_dir)})
+    section.table(pd.DataFrame(rows))
+    fig, axes = _subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, (name, model_dir) in zip(axes, ((cnn, f"round0/{cnn}"), (dnn, f"ablation/dnn/{dnn}"))):
+        curve = _mean_valid_curve(run, model_dir)
+        ax.plot(curve.index, curve["train_acc"], label="training")
+        ax.plot(curve.index, curve["valid_acc"], "--", label="held-out fold")
+        ax.set(title=f"{name}: accuracy, mean over folds", xlabel="epoch", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    section.figure(_save(fig, out / "dnn_vs_cnn.png"), "The same folds, epochs and optimiser; the DNN sees the "
+                   "2,304 pixels as an unordered vector.")
+    return section
+
+
+def ablation_section(run):
+    section = Section("7. Ablations")
+    backbone = _ablation_backbone(run, "no_normalize") or run.backbones()[0]
+    rows = [{"variant": "baseline (as configured)", **(_model_scores(run, f"round0/{backbone}") or {})}]
+    for variant, label in (("no_normalize", "without normalisation (pixels / 255)"),
+                           ("no_augment", "without augmentation")):
+        scores = _model_scores(run, f"ablation/{variant}/{backbone}")
+        if scores is None:
+            section.text("Not in this run: add `--ablation` to run.sh to train the first backbone without "
+                         "normalisation and without augmentation on the same folds.")
+            return section
+        rows.append({"variant": label, **scores})
+    section.text(f"{backbone}, the same folds and seeds; one thing changed per row.")
+    section.table(pd.DataFrame(rows))
+    return section
+
+
+# ---------------------------------------------------------------- 8-9. pseudo-labels, ensemble
+
+def _best_blend(models, labels):
+    result = ensemble.ensemble(models, labels)
+    return max(blend["oof_acc"] for blend in result["blends"].values())
+
+
+def pseudo_section(run, out):
+    section = Section("8. Pseudo-labelling")
+    table_path = run.workdir / "round1" / "pseudo_labels.csv"
+    students = [m for m in run.models if m.name.startswith("round1/")]
+    if not table_path.exists() or not students:
+        section.text("Not in this run: run.sh's pseudo-labelling round (on by default; `--pseudo`) adds "
+                     "confident test predictions to a second round of training.")
+        return section
+    table = pd.read_csv(table_path)
+    n_folds = int(run.folds.max()) + 1
+    counts = pd.crosstab(pd.Categorical(table["label"], categories=range(NUM_CLASSES)),
+                         pd.Categorical(table["fold"], categories=range(n_folds)), dropna=False)
+    counts.index = list(CLASS_NAMES)
+    counts.columns = [f"fold{k}" for k in range(n_folds)]
+    section.table(counts.reset_index(names="class"))
+    teachers = [m for m in run.models if m.name.startswith("round0/")]
+    before, after = _best_blend(teachers, run.labels), _best_blend(students, run.labels)
+    section.text(f"Test images added per class and fold (fold k's images come from fold k's first-round models "
+                 f"only). Ensemble OOF accuracy: {before:.4f} before, {after:.4f} after "
+                 f"({after - before:+.4f}).")
+    fig, ax = _subplots(figsize=(7, 3.5))
+    ax.bar(CLASS_NAMES, counts.sum(axis=1))
+    ax.set(title="Pseudo-labelled test images per class, all folds", xlabel="class", ylabel="images")
+    section.figure(_save(fig, out / "pseudo_labels.png"), "Images added, summed over folds.")
+    return section
+
+
+def ensemble_section(run, out):
+    section = Section("9. Ensemble")
+    result = run.result
+    rows = [{"model": name, "OOF accuracy": round(s["oof_acc"], 4), "without TTA": round(s["oof_acc_plain"], 4),
+             "TTA gain": round(s["oof_acc"] - s["oof_acc_plain"], 4),
+             **{f"weight ({method})": round(result["blends"][method]["weights"][i], 3)
+                for method in result["blends"]}}
+            for i, (name, s) in enumerate(result["models"].items())]
+    section.table(pd.DataFrame(rows))
+    section.text(" ".join(f"Ensemble {method}: OOF accuracy {blend['oof_acc']:.4f}."
+                          for method, blend in result["blends"].items())
+                 + f" Kept for the submission: {result['kept']}.")
+    names = list(result["models"]) + [f"ensemble ({m})" for m in result["blends"]]
+    scores = [s["oof_acc"] for s in result["models"].values()] + [b["oof_acc"] for b in result["blends"].values()]
+    fig, ax = _subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    ax.barh(names, scores, color=["tab:blue"] * len(result["models"]) + ["tab:orange"] * len(result["blends"]))
+    ax.set(title="OOF accuracy per model and ensemble", xlabel="OOF accuracy", xlim=(0, 1))
+    ax.invert_yaxis()
+    section.figure(_save(fig, out / "ensemble.png"), "Blue: single models; orange: blends.")
+    return section
+
+
+# ---------------------------------------------------------------- rendering
+
+def _markdown_table(frame):
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def render_markdown(title, sections):
+    parts = [f"# {title}"]
+    for section in sections:
+        parts.append(f"## {section.title}")
+        for block in section.blocks:
+            if isinstance(block, Figure):
+                parts.append(f"![{block.caption}]({block.filename})\n\n*{block.caption}*")
+            elif isinstance(block, pd.DataFrame):
+                parts.append(_markdown_table(block))
+            else:
+                parts.append(block)
+    return "\n\n".join(parts) + "\n"
+
+
+_CHECK_IMAGES = """<script>
+// A self-check for readers and tests: lists images that failed to load in data-broken-images.
+window.addEventListener("load", () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src);
+  document.body.dataset.imagesLoaded = document.images.length - broken.length;
+  document.body.dataset.brokenImages = broken.join(" ");
+});
+</script>"""
+
+
+def _inline_markdown(text):
+    escaped = html.escape(text)
+    parts = escaped.split("**")
+    escaped = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = escaped.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(title, sections):
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Figure):
+                body.append(f'<figure><img src="{html.escape(block.filename)}" alt="{html.escape(block.caption)}">'
+                            f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            elif isinstance(block, pd.DataFrame):
+                body.append(block.to_html(index=False, border=0, classes="table"))
+            else:
+                body.append(f"<p>{_inline_markdown(block)}</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border-bottom:1px solid #ddd;"
+             "padding:0.25em 0.7em;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+             "figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 0.2em}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style>{_CHECK_IMAGES}</head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def build(workdir, out, layer=None, per_class=1):
+    """Write the report of the run in `workdir` to the folder `out`; returns the sections."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run.load(workdir)
+    steps = [lambda: models_section(run), lambda: curves_section(run, out), lambda: confusion_section(run, out)]
+    sections, explained = [], None
+    with tqdm(total=9, desc="report", disable=None) as bar:
+        for step in steps:
+            sections.append(step())
+            bar.update()
+        section, explained = saliency_section(run, out, per_class)
+        sections.append(section)
+        bar.update()
+        for step in (lambda: filters_section(out, explained, layer), lambda: dnn_section(run, out),
+                     lambda: ablation_section(run), lambda: pseudo_section(run, out),
+                     lambda: ensemble_section(run, out)):
+            sections.append(step())
+            bar.update()
+    title = f"FER2013 run report: {Path(workdir).resolve().name}"
+    write_text(out / "report.md", render_markdown(title, sections))
+    write_text(out / "index.html", render_html(title, sections))
+    return sections
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write index.html, report.md and PNGs")
+    parser.add_argument("--workdir", default="folds", type=Path, help="the run folder (default: folds)")
+    parser.add_argument("--layer", help="convolution whose filters and outputs are shown (default: a middle one)")
+    parser.add_argument("--per-class", type=int, default=1, help="correct and wrong saliency examples per class")
+    args = parser.parse_args(argv)
+    try:
+        build(args.workdir, args.out, args.layer, args.per_class)
+    except FerKaggleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {args.out / 'index.html'} (and report.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
