@@ -421,7 +421,8 @@ def render_html(title, sections):
                 body.append(f"<p>{_inline_markdown(block)}</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border-bottom:1px solid #ddd;"
-             "padding:0.25em 0.7em;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+             "padding:0.25em 0.7em;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,th:first-child{text-align:left;white-space:pre}img{max-width:100%}"
              "figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 0.2em}")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style>{_CHECK_IMAGES}</head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
