@@ -13,6 +13,8 @@ DNN against CNN, ablations, pseudo-labelling, ensemble. A part the run lacks (no
 import argparse
 import html
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure as MplFigure  # no pyplot: no GUI backend, 
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from . import ensemble, explain
+from . import ensemble, explain, pseudo
 from .atomic import atomic_path, write_text
 from .data import CLASS_NAMES, NUM_CLASSES
 from .errors import FerKaggleError
@@ -325,12 +327,7 @@ def pseudo_section(run, out):
         section.text("Not in this run: run.sh's pseudo-labelling round (on by default; `--pseudo`) adds "
                      "confident test predictions to a second round of training.")
         return section
-    table = pd.read_csv(table_path)
-    n_folds = int(run.folds.max()) + 1
-    counts = pd.crosstab(pd.Categorical(table["label"], categories=range(NUM_CLASSES)),
-                         pd.Categorical(table["fold"], categories=range(n_folds)), dropna=False)
-    counts.index = list(CLASS_NAMES)
-    counts.columns = [f"fold{k}" for k in range(n_folds)]
+    counts = pseudo.counts_per_class(pd.read_csv(table_path), n_folds=int(run.folds.max()) + 1)
     section.table(counts.reset_index(names="class"))
     teachers = [m for m in run.models if m.name.startswith("round0/")]
     before, after = _best_blend(teachers, run.labels), _best_blend(students, run.labels)
@@ -353,6 +350,11 @@ def ensemble_section(run, out):
                 for method in result["blends"]}}
             for i, (name, s) in enumerate(result["models"].items())]
     section.table(pd.DataFrame(rows))
+    units = [json.loads(path.read_text()) for path in sorted(run.workdir.glob("round*/*/fold*/metrics.json"))]
+    section.text("Each unit's accuracy on its held-out fold (with TTA):")
+    section.table(pd.DataFrame({"unit": [u["unit"] for u in units],
+                                "fold OOF accuracy": [round(u["valid_acc"], 4) for u in units],
+                                "training images": [u["train_rows"] for u in units]}))
     section.text(" ".join(f"Ensemble {method}: OOF accuracy {blend['oof_acc']:.4f}."
                           for method, blend in result["blends"].items())
                  + f" Kept for the submission: {result['kept']}.")
@@ -429,27 +431,39 @@ def render_html(title, sections):
 
 
 def build(workdir, out, layer=None, per_class=1):
-    """Write the report of the run in `workdir` to the folder `out`; returns the sections."""
+    """Write the report of the run in `workdir` to the folder `out`; returns the sections.
+
+    Everything is written to a temporary folder first and moved into `out` at the end, so a
+    run that is not finished, or a failing step, leaves no half-written report.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = Run.load(workdir)
-    steps = [lambda: models_section(run), lambda: curves_section(run, out), lambda: confusion_section(run, out)]
-    sections, explained = [], None
+    staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        sections = _sections(run, staging, layer, per_class)
+        title = f"FER2013 run report: {Path(workdir).resolve().name}"
+        write_text(staging / "report.md", render_markdown(title, sections))
+        write_text(staging / "index.html", render_html(title, sections))
+        out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == "index.html"):  # the page last
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sections
+
+
+def _sections(run, out, layer, per_class):
     with tqdm(total=9, desc="report", disable=None) as bar:
-        for step in steps:
-            sections.append(step())
+        def step(section):
             bar.update()
+            return section
+
+        sections = [step(models_section(run)), step(curves_section(run, out)), step(confusion_section(run, out))]
         section, explained = saliency_section(run, out, per_class)
-        sections.append(section)
-        bar.update()
-        for step in (lambda: filters_section(out, explained, layer), lambda: dnn_section(run, out),
-                     lambda: ablation_section(run), lambda: pseudo_section(run, out),
-                     lambda: ensemble_section(run, out)):
-            sections.append(step())
-            bar.update()
-    title = f"FER2013 run report: {Path(workdir).resolve().name}"
-    write_text(out / "report.md", render_markdown(title, sections))
-    write_text(out / "index.html", render_html(title, sections))
+        sections.append(step(section))
+        sections += [step(filters_section(out, explained, layer)), step(dnn_section(run, out)),
+                     step(ablation_section(run)), step(pseudo_section(run, out)), step(ensemble_section(run, out))]
     return sections
 
 

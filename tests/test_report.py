@@ -134,3 +134,28 @@ def test_page_renders_in_headless_chromium_with_every_image(built, tmp_path):
     images = len(re.findall(r"<img ", (out / "index.html").read_text()))
     assert f'data-images-loaded="{images}"' in dom, result.stderr[-2000:]
     assert 'data-broken-images=""' in dom
+
+
+def test_unfinished_run_leaves_no_report(tmp_path, built):
+    run_dir, _ = built
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    for metrics in partial.glob("round*/*/fold1/metrics.json"):
+        metrics.unlink()  # no model has all its folds any more
+    assert report.main(["--workdir", str(partial), "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob("r.tmp-*"))
+
+
+def test_failing_step_leaves_no_half_written_report(tmp_path, built, capsys):
+    run_dir, _ = built
+    assert report.main(["--workdir", str(run_dir), "--out", str(tmp_path / "r"), "--layer", "no.such"]) == 2
+    assert "--layer no.such: no such convolution" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob("r.tmp-*"))
+
+
+def test_per_unit_accuracies_equal_the_unit_files(built):
+    run_dir, out = built
+    markdown = (out / "report.md").read_text()
+    for path in run_dir.glob("round*/*/fold*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        assert f"| {metrics['unit']} | {round(metrics['valid_acc'], 4)} | {metrics['train_rows']} |" in markdown
