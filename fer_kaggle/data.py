@@ -224,8 +224,13 @@ def read_test(path):
 
 # ---------------------------------------------------------------- cache
 
+def cache_path(cache_dir, kind, file_fingerprint):
+    """Where the parsed arrays of a `kind` ("train" or "test") file with this fingerprint are cached."""
+    return Path(cache_dir) / f"{kind}-{file_fingerprint[:16]}.npz"
+
+
 def _cached(kind, reader, path, cache_dir):
-    cache = Path(cache_dir) / f"{kind}-{fingerprint(_existing_file(path))[:16]}.npz"
+    cache = cache_path(cache_dir, kind, fingerprint(_existing_file(path)))
     if cache.exists():
         with np.load(cache) as saved:
             return tuple(saved[name] for name in saved.files)

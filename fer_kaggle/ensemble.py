@@ -43,7 +43,8 @@ def log_loss(probs, labels):
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def _load_model(model_dir, n_rows, n_folds):
+def load_model_dir(model_dir, n_rows, n_folds):
+    """(oof, oof_plain, test, test_ids) of a model folder from its fold0..fold<n-1> files."""
     oof = np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32)
     oof_plain = oof.copy()
     tests, ids = [], None
@@ -77,7 +78,7 @@ def load_models(workdir):
             print(f"left out {name}: fold(s) {missing} not finished (run run.sh again to finish them)",
                   file=sys.stderr)
             continue
-        models.append(Model(name, *_load_model(model_dir, len(labels), n_folds)))
+        models.append(Model(name, *load_model_dir(model_dir, len(labels), n_folds)))
     if not models:
         raise FerKaggleError(f"{workdir}: no finished model to ensemble; run run.sh first")
     ids = models[0].test_ids
@@ -121,6 +122,11 @@ def ensemble(models, labels):
         "kept": kept,
         "test_probs": blend(tests, blends[kept]["weights"]),
     }
+
+
+def best_oof_accuracy(models, labels):
+    """The higher OOF accuracy of the two blends (mean, weighted) of `models`."""
+    return max(blend["oof_acc"] for blend in ensemble(models, labels)["blends"].values())
 
 
 def submission_name(models, kept, oof_acc):

@@ -194,14 +194,14 @@ def run(cfg, train, test, out, workdir, submissions, report_dir=None):
     _train_units(cfg, _round_units(cfg, 0), workdir, device, *arrays)
     if cfg.pseudo:
         models, labels = ensemble.load_models(workdir)
-        before = ensemble.ensemble([m for m in models if m.name.startswith("round0/")], labels)
+        before = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round0/")], labels)
         table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cfg.pseudo_threshold)
         print(f"pseudo-labels (probability >= {cfg.pseudo_threshold}) added per class and fold:")
         print(pseudo.counts_per_class(table, cfg.folds).to_string())
         _train_units(cfg, _round_units(cfg, 1), workdir, device, *arrays, table)
         models, _ = ensemble.load_models(workdir)
-        after = ensemble.ensemble([m for m in models if m.name.startswith("round1/")], labels)
-        print(f"pseudo-labelling: ensemble OOF accuracy {_best(before):.4f} before, {_best(after):.4f} after")
+        after = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round1/")], labels)
+        print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
 
     if cfg.ablation:
         _train_ablations(cfg, workdir, device, *arrays)
@@ -216,10 +216,6 @@ def run(cfg, train, test, out, workdir, submissions, report_dir=None):
         print(f"report: {report_dir / 'index.html'} (and report.md)")
     print(f"total time: {time.perf_counter() - started:.0f} s")
     return summary, path
-
-
-def _best(result):
-    return max(blend["oof_acc"] for blend in result["blends"].values())
 
 
 def main(argv=None):

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import ensemble, explain, pseudo
 from .atomic import atomic_path, write_text
-from .data import CLASS_NAMES, NUM_CLASSES
+from .data import CLASS_NAMES, NUM_CLASSES, cache_path
 from .errors import FerKaggleError
 from .models import DNN_COUNTERPARTS
 
@@ -73,7 +73,7 @@ class Run:
         workdir = Path(workdir)
         models, labels = ensemble.load_models(workdir)
         meta = json.loads((workdir / "folds.json").read_text())
-        cache = workdir / "cache" / f"train-{meta['train_fingerprint'][:16]}.npz"
+        cache = cache_path(workdir / "cache", "train", meta["train_fingerprint"])
         if not cache.exists():
             raise FerKaggleError(f"{cache}: the run's parsed train images are gone; run run.sh again to rebuild them")
         with np.load(cache) as saved:
@@ -250,12 +250,8 @@ def _model_scores(run, model_dir):
     units = run.unit_dirs(model_dir)
     if not units or not all((u / "metrics.json").exists() for u in units):
         return None
-    oof, plain = np.full((len(run.labels), NUM_CLASSES), np.nan), np.full((len(run.labels), NUM_CLASSES), np.nan)
-    seconds = 0.0
-    for unit in units:
-        with np.load(unit / "oof.npz") as saved:
-            oof[saved["rows"]], plain[saved["rows"]] = saved["probs"], saved["probs_plain"]
-        seconds += json.loads((unit / "metrics.json").read_text())["train_seconds"]
+    oof, plain, _, _ = ensemble.load_model_dir(run.workdir / model_dir, len(run.labels), len(units))
+    seconds = sum(json.loads((unit / "metrics.json").read_text())["train_seconds"] for unit in units)
     return {"OOF accuracy": round(ensemble.accuracy(oof, run.labels), 4),
             "without TTA": round(ensemble.accuracy(plain, run.labels), 4), "train seconds": round(seconds)}
 
@@ -314,11 +310,6 @@ def ablation_section(run):
 
 # ---------------------------------------------------------------- 8-9. pseudo-labels, ensemble
 
-def _best_blend(models, labels):
-    result = ensemble.ensemble(models, labels)
-    return max(blend["oof_acc"] for blend in result["blends"].values())
-
-
 def pseudo_section(run, out):
     section = Section("8. Pseudo-labelling")
     table_path = run.workdir / "round1" / "pseudo_labels.csv"
@@ -330,7 +321,7 @@ def pseudo_section(run, out):
     counts = pseudo.counts_per_class(pd.read_csv(table_path), n_folds=int(run.folds.max()) + 1)
     section.table(counts.reset_index(names="class"))
     teachers = [m for m in run.models if m.name.startswith("round0/")]
-    before, after = _best_blend(teachers, run.labels), _best_blend(students, run.labels)
+    before, after = ensemble.best_oof_accuracy(teachers, run.labels), ensemble.best_oof_accuracy(students, run.labels)
     section.text(f"Test images added per class and fold (fold k's images come from fold k's first-round models "
                  f"only). Ensemble OOF accuracy: {before:.4f} before, {after:.4f} after "
                  f"({after - before:+.4f}).")
