@@ -3,7 +3,7 @@
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
 
 parse: our reader against the obvious pandas + per-row `np.fromstring`, and the
-cached load that a resumed run, the ensemble and the report use instead.
+cached load that a resumed run uses instead (with the bundled 400-row test file as its test).
 """
 import argparse
 import statistics
@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from .data import load_train, read_train
+from . import inputs
+from .data import read_train
 
 
 def naive_read_train(path):
@@ -38,13 +39,14 @@ def bench_parse(path, repeats):
     naive = _median_seconds(lambda: naive_read_train(path), repeats)
     ours = _median_seconds(lambda: read_train(path), repeats)
     assert np.array_equal(naive[3][0], ours[3][0]) and np.array_equal(naive[3][1], ours[3][1])
+    source = inputs.resolve([path, inputs.DEMO_TEST])
     with tempfile.TemporaryDirectory() as cache:
-        load_train(path, cache)  # fills the cache
-        cached = _median_seconds(lambda: load_train(path, cache), repeats)
+        inputs.load(source, cache)  # fills the cache
+        cached = _median_seconds(lambda: inputs.load(source, cache), repeats)
     n_rows = len(ours[3][1])
     for name, (median, low, high, _) in (("pandas + per-row np.fromstring", naive),
                                          ("fer_kaggle.read_train", ours),
-                                         ("fer_kaggle.load_train, cached", cached)):
+                                         ("inputs.load, cached (+ demo test)", cached)):
         rows.append((name, median, low, high, n_rows / median))
     print(f"parse {path} ({n_rows} rows), {repeats} runs each")
     print(f"{'reader':<34} {'median s':>9} {'min':>7} {'max':>7} {'rows/s':>9} {'vs naive':>9}")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
+from . import heldout
 from .atomic import write_json
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
@@ -173,10 +174,13 @@ def main(argv=None):
         if args.out is not None:
             check_out_path(args.out)
         summary, path = run(args.workdir, args.submissions, args.out)
+        print(f"submission: {path}" + (f" (and {args.out})" if args.out else ""))
+        scores = heldout.score(args.workdir, path)
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"submission: {path}" + (f" (and {args.out})" if args.out else ""))
+    if scores is not None:
+        print(heldout.describe(scores))
     return 0
 
 

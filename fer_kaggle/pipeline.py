@@ -1,6 +1,7 @@
 """The whole competition run: CSV -> arrays -> folds -> units -> probabilities -> ensemble -> CSV.
 
     bash run.sh train.csv test.csv out.csv [options]      (= python -m fer_kaggle ...)
+    bash run.sh fer2013.csv out.csv [options]             (one file with Usage, or a folder with train/ test/)
     bash run.sh                                           (the bundled demo sample, preset demo)
 
 Every stage writes under --workdir (default folds/); a re-run of the same command
@@ -11,23 +12,20 @@ import dataclasses
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
 
-from . import ensemble, pseudo
+from . import ensemble, heldout, inputs, pseudo
 from .config import GPU_PRESETS, PRESETS, Config
-from .data import fingerprint, load_test, load_train
 from .errors import FerKaggleError
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS
 from .submit import check_out_path
 from .train import Unit, UnitData, build_model, is_finished, resolve_device, train_unit
 
-DEMO_DATA = resources.files("fer_kaggle") / "demo_data"
 HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
 
 
@@ -40,9 +38,12 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bash run.sh", description=__doc__.split("\n\n")[0],
         epilog="Options left out take the preset's value; `python -m fer_kaggle.ensemble` re-blends a run.")
-    parser.add_argument("train", nargs="?", type=Path, help="train CSV (label,feature); .csv, .csv.gz or .csv.xz")
-    parser.add_argument("test", nargs="?", type=Path, help="test CSV (id,feature)")
-    parser.add_argument("out", nargs="?", type=Path, help="where to write the id,label submission")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="TRAIN TEST OUT (CSVs: label,feature and id,feature, or emotion,pixels and pixels; "
+                        "or two image folders), or DATA OUT (fer2013.csv, icml_face_data.csv, or a folder with "
+                        "train/ and test/), or nothing for the bundled demo; CSVs may be .gz or .xz")
+    parser.add_argument("--format", choices=inputs.FORMATS, help="insist on one input form instead of "
+                        "recognising it")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: gpu; "
                         "demo without files)")
     parser.add_argument("--workdir", type=Path, help="run folder for folds, units and cache (default: folds, "
@@ -75,11 +76,11 @@ def build_parser():
 
 
 def resolve(args):
-    """(config, train, test, out, workdir) from the parsed command line."""
-    files = [args.train, args.test, args.out]
-    demo = all(f is None for f in files)
-    if not demo and any(f is None for f in files):
-        raise FerKaggleError("give all three of TRAIN TEST OUT, or none for the bundled demo")
+    """(config, data source, out, workdir) from the parsed command line."""
+    demo = not args.paths
+    if len(args.paths) not in (0, 2, 3):
+        raise FerKaggleError(f"got {len(args.paths)} paths: give TRAIN TEST OUT, or DATA OUT (fer2013.csv, "
+                             f"icml_face_data.csv, or a folder with train/ and test/), or none for the demo")
     preset = args.preset or ("demo" if demo else "gpu")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if getattr(args, f.name, None) is not None and f.name != "preset"}
@@ -97,12 +98,13 @@ def resolve(args):
     if not 0 < cfg.pseudo_threshold <= 1:
         raise FerKaggleError(f"--pseudo-threshold {cfg.pseudo_threshold}: must be in (0, 1]")
     if demo:
-        train, test, out = Path(DEMO_DATA / "train.csv.xz"), Path(DEMO_DATA / "test.csv.xz"), None
+        source, out = inputs.resolve([inputs.DEMO_TRAIN, inputs.DEMO_TEST]), None
     else:
-        train, test, out = args.train, args.test, args.out
+        *data_paths, out = args.paths
         check_out_path(out)
+        source = inputs.resolve(data_paths, args.format)
     workdir = args.workdir or HOME / ("folds/demo" if demo else "folds")
-    return cfg, train, test, out, workdir
+    return cfg, source, out, workdir
 
 
 def estimate_cpu_hours(cfg, n_train, device):
@@ -171,13 +173,14 @@ def _train_ablations(cfg, workdir, device, *arrays):
         _train_units(variant_cfg, units, workdir, device, *arrays)
 
 
-def run(cfg, train, test, out, workdir, submissions, report_dir=None):
+def run(cfg, source, out, workdir, submissions, report_dir=None):
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    cache = workdir / "cache"
-    print(f"reading {train} and {test}")
-    train_x, train_y = load_train(train, cache)
-    test_ids, test_x = load_test(test, cache)
+    print(f"reading {source.describe()}")
+    data, log = inputs.load(source, workdir / "cache")
+    for line in log:
+        print(line)
+    train_x, train_y, test_ids, test_x = data.train_images, data.train_labels, data.test_ids, data.test_images
     print(f"train: {len(train_y)} images, test: {len(test_ids)} images, device: {device}")
     if cfg.preset in GPU_PRESETS and device.type == "cpu" and cfg.device != "cpu":
         hours, images = estimate_cpu_hours(cfg, len(train_y), device)
@@ -186,7 +189,9 @@ def run(cfg, train, test, out, workdir, submissions, report_dir=None):
             f"{hours:.0f} hours. Run it on a GPU, pick --preset demo for a run of minutes, "
             f"or add --device cpu to run it here anyway")
 
-    folds, meta = make_or_load_folds(workdir, train_x, train_y, fingerprint(train), cfg.folds, cfg.seed)
+    folds, meta = make_or_load_folds(workdir, train_x, train_y, data.train_fingerprint, cfg.folds, cfg.seed)
+    if data.test_labels is not None:
+        heldout.save_labels(workdir, test_ids, data.test_labels, data.test_usage)
     print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
           f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
 
@@ -210,6 +215,9 @@ def run(cfg, train, test, out, workdir, submissions, report_dir=None):
     print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
     print(f"ensemble OOF accuracy: {kept['oof_acc']:.4f} ({summary['kept']} of {len(summary['models'])} models)"
           f"; majority-class rate {np.bincount(train_y).max() / len(train_y):.4f}")
+    scores = heldout.score(workdir, path)
+    if scores is not None:
+        print(heldout.describe(scores))
     if report_dir is not None:
         from . import report  # matplotlib, captum and torchinfo load only when a report is asked for
         report.build(workdir, report_dir)
@@ -221,8 +229,8 @@ def run(cfg, train, test, out, workdir, submissions, report_dir=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        cfg, train, test, out, workdir = resolve(args)
-        run(cfg, train, test, out, workdir, args.submissions, args.report)
+        cfg, source, out, workdir = resolve(args)
+        run(cfg, source, out, workdir, args.submissions, args.report)
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ Reads  everything a run wrote under --workdir (folds, units, pseudo-labels, the 
 Writes DIR/index.html and DIR/report.md (the same content) and DIR/*.png.
 
 Sections: models, training curves, confusion matrix, saliency and Grad-CAM, filters,
-DNN against CNN, ablations, pseudo-labelling, ensemble. A part the run lacks (no
---ablation, no pseudo-labelling round) is named in its section, with the option to add.
+DNN against CNN, ablations, pseudo-labelling, ensemble, and the held-out test accuracy
+where the input carried test labels (marked: never used for a choice). A part the run lacks
+(no --ablation, no pseudo-labelling round) is named in its section, with the option to add.
 """
 import argparse
 import html
@@ -28,7 +29,7 @@ from matplotlib.figure import Figure as MplFigure  # no pyplot: no GUI backend, 
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from . import ensemble, explain, pseudo
+from . import ensemble, explain, heldout, pseudo
 from .atomic import atomic_path, write_text
 from .data import CLASS_NAMES, NUM_CLASSES, cache_path
 from .errors import FerKaggleError
@@ -359,6 +360,21 @@ def ensemble_section(run, out):
     return section
 
 
+def heldout_section(run):
+    section = Section("10. Held-out test accuracy")
+    scores = heldout.load_scores(run.workdir)
+    if scores is None:
+        section.text("Not in this run: its test data carried no labels. fer2013.csv, icml_face_data.csv "
+                     "(PublicTest and PrivateTest rows) and a test folder of class folders carry them.")
+        return section
+    section.text(f"**Not used for any choice.** These labels came with the input file. They were read once, "
+                 f"after every choice was made on OOF accuracy and the submission ({scores['submission']}) "
+                 f"was written; nothing in the run (epochs, weights, blend, pseudo-labels) read them.")
+    section.table(pd.DataFrame([{"split": s["split"], "images": s["images"], "accuracy": round(s["accuracy"], 4)}
+                                for s in scores["splits"]]))
+    return section
+
+
 # ---------------------------------------------------------------- rendering
 
 def _markdown_table(frame):
@@ -445,7 +461,7 @@ def build(workdir, out, layer=None, per_class=1):
 
 
 def _sections(run, out, layer, per_class):
-    with tqdm(total=9, desc="report", disable=None) as bar:
+    with tqdm(total=10, desc="report", disable=None) as bar:
         def step(section):
             bar.update()
             return section
@@ -454,7 +470,8 @@ def _sections(run, out, layer, per_class):
         section, explained = saliency_section(run, out, per_class)
         sections.append(step(section))
         sections += [step(filters_section(out, explained, layer)), step(dnn_section(run, out)),
-                     step(ablation_section(run)), step(pseudo_section(run, out)), step(ensemble_section(run, out))]
+                     step(ablation_section(run)), step(pseudo_section(run, out)), step(ensemble_section(run, out)),
+                     step(heldout_section(run))]
     return sections
 
 

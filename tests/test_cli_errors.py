@@ -97,8 +97,15 @@ def out_is_a_folder(folder):
 
 @case
 def two_positional(folder):
+    """`run.sh train.csv test.csv`, OUT forgotten: test.csv must not be taken for OUT and overwritten."""
     train, test, out = _valid_files(folder)
-    return [train, test], dict(out=out)
+    return [train, test], dict(out=out, test=test)
+
+
+@case
+def four_positional(folder):
+    train, test, out = _valid_files(folder)
+    return [train, test, out, out], dict(out=out)
 
 
 @case
@@ -213,7 +220,14 @@ def test_out_is_a_folder(cli):
 
 def test_two_positional(cli):
     run = cli["two_positional"]
-    _assert_refused(run, "TRAIN TEST OUT")
+    _assert_refused(run, str(run.paths["test"]), "is not a submission", "refusing to overwrite", "TRAIN TEST OUT")
+    assert run.paths["test"].read_text() == "\n".join(TEST_LINES) + "\n"
+    _no_work_started(run)
+
+
+def test_four_positional(cli):
+    run = cli["four_positional"]
+    _assert_refused(run, "got 4 paths", "TRAIN TEST OUT", "DATA OUT")
     _no_work_started(run)
 
 

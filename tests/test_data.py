@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import fer_kaggle.data as data
-from fer_kaggle.data import FerKaggleError, load_test, load_train, read_test, read_train
+from fer_kaggle import inputs
+from fer_kaggle.data import FerKaggleError, read_test, read_train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
@@ -182,10 +183,12 @@ def test_read_test_matches_naive_reference(tmp_path):
 
 # ---------------------------------------------------------------- header errors
 
-@pytest.mark.parametrize("header", ["feature", "label", "emotion,pixels", "label,pixels", "label,feature,usage"])
+@pytest.mark.parametrize("header", ["feature", "label", "label,pixels", "label,feature,usage", "emotion,feature"])
 def test_wrong_columns(tmp_path, header):
+    """A header of no known form names what it found, the first row and every form tried."""
     lines = [header] + [line for line in TRAIN_LINES[1:]]
-    message = _raises(_write(tmp_path / "train.csv", lines), _line(1), f"'{header}'", "label,feature")
+    message = _raises(_write(tmp_path / "train.csv", lines), _line(1), f"'{header}'", "'label,feature'",
+                      "'emotion,pixels'", "'emotion,pixels,Usage'", "line 2 starts '0,")
     assert "swapped" not in message
 
 
@@ -334,11 +337,11 @@ def test_missing_file(tmp_path):
     _raises(tmp_path / "test.csv.xz", "no such file", reader=read_test)
 
 
-@pytest.mark.parametrize("loader", [load_train, load_test])
 @pytest.mark.parametrize("missing", ["nope.csv", "folder"])
-def test_load_missing_file(tmp_path, loader, missing):
+def test_load_missing_file(tmp_path, missing):
     (tmp_path / "folder").mkdir()
-    _raises(tmp_path / missing, reader=lambda path: loader(path, tmp_path / "cache"))
+    _raises(tmp_path / missing, reader=lambda path: inputs.resolve([path, DEMO / "test.csv.xz"]))
+    _raises(tmp_path / missing, reader=lambda path: inputs.resolve([DEMO / "train.csv.xz", path]))
 
 
 def test_corrupt_xz(tmp_path):
@@ -381,75 +384,66 @@ def test_bundled_files_parse(tmp_path):
     np.testing.assert_array_equal(images, ref_images)
 
 
-# ---------------------------------------------------------------- cache
+# ---------------------------------------------------------------- cache (inputs.load)
 
-def _counting(monkeypatch, name, real):
+def _counting(monkeypatch, name):
     calls = []
+    real = getattr(data, name)
 
-    def wrapper(path):
+    def wrapper(path, *args):
         calls.append(Path(path))
-        return real(path)
+        return real(path, *args)
 
     monkeypatch.setattr(data, name, wrapper)
     return calls
 
 
-def test_load_train_caches_by_fingerprint(tmp_path, monkeypatch):
-    path = _write(tmp_path / "train.csv.gz", TRAIN_LINES)
+def _load(train, test, cache):
+    return inputs.load(inputs.resolve([train, test]), cache)[0]
+
+
+def test_load_caches_by_fingerprint(tmp_path, monkeypatch):
+    train = _write(tmp_path / "train.csv.gz", TRAIN_LINES)
+    test = _write(tmp_path / "test.csv", TEST_LINES)
     cache = tmp_path / "cache"
-    real = data.read_train
-    calls = _counting(monkeypatch, "read_train", real)
+    calls = _counting(monkeypatch, "read_train")
 
-    images, labels = load_train(path, cache)
-    assert len(calls) == 1
+    first = _load(train, test, cache)
+    assert calls == [train]
     entries = sorted(cache.iterdir())
-    assert [p.suffix for p in entries] == [".npz"], entries
-    expected_images, expected_labels = real(path)
-    np.testing.assert_array_equal(images, expected_images)
-    np.testing.assert_array_equal(labels, expected_labels)
+    assert [p.name.split("-")[0] for p in entries] == ["test", "train"], entries
+    expected_images, expected_labels = read_train(train)
+    np.testing.assert_array_equal(first.train_images, expected_images)
+    np.testing.assert_array_equal(first.train_labels, expected_labels)
 
-    def refuse(path):
-        raise AssertionError("read_train called again: the cache was not used")
-
-    monkeypatch.setattr(data, "read_train", refuse)
-    again_images, again_labels = load_train(path, cache)
-    assert again_images.dtype == np.uint8 and again_images.shape == (N_ROWS, 48, 48)
-    assert again_labels.dtype == np.int64
-    np.testing.assert_array_equal(again_images, expected_images)
-    np.testing.assert_array_equal(again_labels, expected_labels)
+    monkeypatch.setattr(data, "read_train", lambda *a: pytest.fail("read_train called again: cache unused"))
+    monkeypatch.setattr(data, "read_test", lambda *a: pytest.fail("read_test called again: cache unused"))
+    again = _load(train, test, cache)
+    assert again.train_images.dtype == np.uint8 and again.train_images.shape == (N_ROWS, 48, 48)
+    assert again.train_labels.dtype == np.int64 and again.test_ids.dtype == np.int64
+    np.testing.assert_array_equal(again.train_images, expected_images)
+    np.testing.assert_array_equal(again.train_labels, expected_labels)
+    np.testing.assert_array_equal(again.test_ids, first.test_ids)
+    np.testing.assert_array_equal(again.test_images, first.test_images)
+    assert again.test_labels is None and again.train_fingerprint == first.train_fingerprint
     assert sorted(cache.iterdir()) == entries
 
     # Different bytes at the same path: a new entry, parsed afresh.
-    calls = _counting(monkeypatch, "read_train", real)
-    changed = _with_row(TRAIN_LINES, 0, f"6,{PIXELS}")
-    _write(path, changed)
-    new_images, new_labels = load_train(path, cache)
+    monkeypatch.undo()
+    calls = _counting(monkeypatch, "read_train")
+    _write(train, _with_row(TRAIN_LINES, 0, f"6,{PIXELS}"))
+    changed = _load(train, test, cache)
     assert len(calls) == 1
-    assert new_labels[0] == 6 and new_labels.tolist()[1:] == expected_labels.tolist()[1:]
-    after = sorted(cache.iterdir())
-    assert len(after) == 2 and all(p.suffix == ".npz" for p in after)
-    assert set(entries) < set(after)
-
-
-def test_load_test_caches_separately_from_train(tmp_path, monkeypatch):
-    train = _write(tmp_path / "train.csv", TRAIN_LINES)
-    test = _write(tmp_path / "test.csv", TEST_LINES)
-    cache = tmp_path / "cache"
-    load_train(train, cache)
-    ids, images = load_test(test, cache)
-    assert len(list(cache.glob("*.npz"))) == 2
-    monkeypatch.setattr(data, "read_test", lambda path: pytest.fail("read_test called again"))
-    again_ids, again_images = load_test(test, cache)
-    np.testing.assert_array_equal(again_ids, ids)
-    np.testing.assert_array_equal(again_images, images)
-    assert again_ids.dtype == np.int64
+    assert changed.train_labels[0] == 6 and changed.train_labels.tolist()[1:] == expected_labels.tolist()[1:]
+    assert changed.train_fingerprint != first.train_fingerprint
+    assert set(entries) < set(cache.iterdir())
 
 
 def test_invalid_file_leaves_no_cache_entry(tmp_path):
-    path = _write(tmp_path / "train.csv", _with_row(TRAIN_LINES, 0, f"7,{PIXELS}"))
+    train = _write(tmp_path / "train.csv", _with_row(TRAIN_LINES, 0, f"7,{PIXELS}"))
     cache = tmp_path / "cache"
     with pytest.raises(FerKaggleError):
-        load_train(path, cache)
+        _load(train, _write(tmp_path / "test.csv", TEST_LINES), cache)
     assert not cache.exists() or not any(cache.iterdir())
 
 

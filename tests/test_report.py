@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle import ensemble, pipeline, report
+from fer_kaggle import inputs, pipeline, report
 from fer_kaggle.config import PRESETS
 from fer_kaggle.data import CLASS_NAMES
 
@@ -35,7 +35,7 @@ def built(tmp_path_factory):
     train, test = _head("train.csv.xz", 600, tmp / "train.csv"), _head("test.csv.xz", 80, tmp / "test.csv")
     cfg = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), folds=2, epochs=2, pseudo_threshold=0.25,
                                   ablation=True)
-    pipeline.run(cfg, train, test, None, tmp / "run", tmp / "subs")
+    pipeline.run(cfg, inputs.resolve([train, test]), None, tmp / "run", tmp / "subs")
     report.build(tmp / "run", tmp / "report")
     return tmp / "run", tmp / "report"
 

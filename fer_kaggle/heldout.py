@@ -1,0 +1,55 @@
+"""The final held-out test accuracy, for inputs that carry test labels.
+
+fer2013.csv and icml_face_data.csv hold the PublicTest and PrivateTest labels; an image test
+folder of class folders holds its own. Those labels are saved apart (`heldout_labels.npz`) and
+read here only, after the submission is written, to print each split's accuracy once and to write
+`heldout.json` for the report. No choice (epochs, weights, blend, pseudo-labels) ever reads them.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import save_npz, write_json
+from .errors import FerKaggleError
+from .submit import read_submission
+
+LABELS_FILE = "heldout_labels.npz"
+SCORES_FILE = "heldout.json"
+NOTE = "labels from the input file; computed once after the submission was written, never used for a choice"
+
+
+def save_labels(workdir, ids, labels, usage):
+    save_npz(Path(workdir) / LABELS_FILE, ids=ids, labels=labels, usage=usage)
+
+
+def score(workdir, submission):
+    """Each held-out split's accuracy of `submission`; writes heldout.json. None without labels."""
+    path = Path(workdir) / LABELS_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        ids, labels, usage = saved["ids"], saved["labels"], saved["usage"]
+    predicted = read_submission(submission)
+    if len(predicted) != len(ids) or not np.array_equal(predicted["id"].astype(str), ids.astype(str)):
+        raise FerKaggleError(f"{submission}: its ids are not those of the held-out labels in {path}")
+    correct = predicted["label"].to_numpy() == labels
+    names = list(dict.fromkeys(usage.tolist()))  # in file order: PublicTest, then PrivateTest
+    splits = [{"split": name, "accuracy": float(correct[usage == name].mean()), "images": int((usage == name).sum())}
+              for name in names]
+    if len(splits) > 1:
+        splits.append({"split": "all", "accuracy": float(correct.mean()), "images": len(correct)})
+    scores = {"submission": str(submission), "note": NOTE, "splits": splits}
+    write_json(Path(workdir) / SCORES_FILE, scores)
+    return scores
+
+
+def load_scores(workdir):
+    path = Path(workdir) / SCORES_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def describe(scores):
+    """One line: 'held-out test accuracy: PublicTest 0.7012 (3589 images), ...'."""
+    parts = [f"{s['split']} {s['accuracy']:.4f} ({s['images']} images)" for s in scores["splits"]]
+    return f"held-out test accuracy ({NOTE}): " + ", ".join(parts)
