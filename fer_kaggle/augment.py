@@ -35,9 +35,10 @@ def _resize(image_size):
     return [] if image_size == IMAGE_SIZE else [A.Resize(image_size, image_size)]
 
 
-def train_pipeline(mean, std, augment="full", image_size=IMAGE_SIZE):
-    """Augment ("full": flip, shift/scale/rotate, brightness/contrast, random erasing;
-    "light": flip and small shifts, for short runs on little data; "none"), then normalise."""
+def train_pipeline(mean, std, augment="full", image_size=IMAGE_SIZE, crop=0, erase=0.5):
+    """Augment ("full": flip, shift/scale/rotate, brightness/contrast, random erasing with probability
+    `erase`; "light": flip and small shifts, for short runs on little data; "none"), take a random
+    `crop` x `crop` window if `crop`, then normalise."""
     if augment not in AUGMENT_LEVELS:
         raise ValueError(f"unknown augment level '{augment}'; choose one of {', '.join(AUGMENT_LEVELS)}")
     steps = []
@@ -53,8 +54,10 @@ def train_pipeline(mean, std, augment="full", image_size=IMAGE_SIZE):
                      border_mode=0, p=0.8),  # cv2.BORDER_CONSTANT: black, like FER2013's own borders
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
             A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 16), hole_width_range=(8, 16),
-                            fill=0, p=0.5),
+                            fill=0, p=erase),
         ]
+    if crop:
+        steps.append(A.RandomCrop(crop, crop))
     return A.Compose(_resize(image_size) + steps + [_normalize(mean, std), ToTensorV2()], seed=0)
 
 
@@ -89,10 +92,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class FaceDataset(torch.utils.data.Dataset):
-    """uint8 faces and labels; a batch of (row, seed) items -> [(augmented tensor, label), ...]."""
+    """uint8 faces and their (N, 7) targets; a batch of (row, seed) items -> [(augmented tensor, target), ...]."""
 
-    def __init__(self, images, labels, pipeline):
-        self.images, self.labels, self.pipeline = images, labels, pipeline
+    def __init__(self, images, targets, pipeline):
+        self.images, self.targets, self.pipeline = images, targets, pipeline
 
     def __len__(self):
         return len(self.images)
@@ -100,7 +103,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def __getitems__(self, items):
         """One call per batch (torch's DataLoader prefers it to __getitem__): one reseed per batch."""
         self.pipeline.set_random_seed(items[0][1])
-        return [(self.pipeline(image=self.images[row])["image"], int(self.labels[row])) for row, _ in items]
+        return [(self.pipeline(image=self.images[row])["image"], self.targets[row]) for row, _ in items]
 
     def __getitem__(self, item):
         return self.__getitems__([item])[0]

@@ -34,6 +34,8 @@ class Model:
     oof_plain: np.ndarray
     test: np.ndarray     # (n_test, 7) mean over folds
     test_ids: np.ndarray
+    tta_space: str = "prob"  # TTA views averaged as probabilities or as logits: the better OOF accuracy
+    oof_by_space: dict = None
 
 
 def accuracy(probs, labels):
@@ -44,22 +46,41 @@ def log_loss(probs, labels):
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def load_model_dir(model_dir, n_rows, n_folds):
-    """(oof, oof_plain, test, test_ids) of a model folder from its fold0..fold<n-1> files."""
+SPACE_KEYS = {"prob": "probs", "logit": "probs_logit"}  # how the unit files name each TTA average
+
+
+def _read_folds(model_dir, n_rows, n_folds, key):
+    """(OOF, mean test) probabilities saved under `key` by every fold, and the test ids; None if absent."""
     oof = np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32)
-    oof_plain = oof.copy()
     tests, ids = [], None
     for fold in range(n_folds):
         with np.load(model_dir / f"fold{fold}" / "oof.npz") as saved:
-            oof[saved["rows"]], oof_plain[saved["rows"]] = saved["probs"], saved["probs_plain"]
+            if key not in saved.files:
+                return None
+            oof[saved["rows"]] = saved[key]
         with np.load(model_dir / f"fold{fold}" / "test.npz") as saved:
             if ids is not None and not np.array_equal(ids, saved["ids"]):
                 raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
             ids = saved["ids"]
-            tests.append(saved["probs"])
+            tests.append(saved[key])
     if np.isnan(oof).any():
         raise FerKaggleError(f"{model_dir}: its folds do not cover every train row; delete it and retrain")
-    return oof, oof_plain, np.mean(tests, axis=0), ids
+    return oof, np.mean(tests, axis=0), ids
+
+
+def load_model_dir(model_dir, n_rows, n_folds, labels=None):
+    """(oof, oof_plain, test, test_ids, tta_space, {space: oof}) of a model folder's fold files.
+
+    With `labels`, the TTA average (probability or logit space) with the higher OOF accuracy is used.
+    """
+    by_space = {space: found for space, key in SPACE_KEYS.items()
+                if (found := _read_folds(model_dir, n_rows, n_folds, key)) is not None}
+    space = "prob"
+    if labels is not None:
+        space = max(by_space, key=lambda name: (accuracy(by_space[name][0], labels), name == "prob"))
+    oof, test, ids = by_space[space]
+    oof_plain = _read_folds(model_dir, n_rows, n_folds, "probs_plain")[0]
+    return oof, oof_plain, test, ids, space, {name: found[0] for name, found in by_space.items()}
 
 
 def load_models(workdir):
@@ -79,7 +100,7 @@ def load_models(workdir):
             print(f"left out {name}: fold(s) {missing} not finished (run run.sh again to finish them)",
                   file=sys.stderr)
             continue
-        models.append(Model(name, *load_model_dir(model_dir, len(labels), n_folds)))
+        models.append(Model(name, *load_model_dir(model_dir, len(labels), n_folds, labels)))
     if not models:
         raise FerKaggleError(f"{workdir}: no finished model to ensemble; run run.sh first")
     ids = models[0].test_ids
@@ -117,7 +138,9 @@ def ensemble(models, labels):
               for method, w in (("mean", mean_weights), ("weighted", fitted_weights))}
     kept = max(blends, key=lambda method: blends[method]["oof_acc"])
     return {
-        "models": {m.name: {"oof_acc": accuracy(m.oof, labels), "oof_acc_plain": accuracy(m.oof_plain, labels)}
+        "models": {m.name: {"oof_acc": accuracy(m.oof, labels), "oof_acc_plain": accuracy(m.oof_plain, labels),
+                            "tta_space": m.tta_space,
+                            **{f"oof_acc_{space}": accuracy(oof, labels) for space, oof in m.oof_by_space.items()}}
                    for m in models},
         "blends": blends,
         "kept": kept,
@@ -137,10 +160,13 @@ def submission_name(models, kept, oof_acc):
 
 
 def print_report(result, file=sys.stdout):
-    print(f"{'model':<40} {'OOF acc':>8} {'no TTA':>8} {'TTA gain':>9}", file=file)
+    print(f"{'model':<40} {'OOF acc':>8} {'no TTA':>8} {'TTA gain':>9}  TTA average: prob / logit", file=file)
     for name, scores in result["models"].items():
+        spaces = " / ".join(f"{scores[f'oof_acc_{space}']:.4f}" if f"oof_acc_{space}" in scores else "-"
+                            for space in SPACE_KEYS)
         print(f"{name:<40} {scores['oof_acc']:>8.4f} {scores['oof_acc_plain']:>8.4f} "
-              f"{scores['oof_acc'] - scores['oof_acc_plain']:>+9.4f}", file=file)
+              f"{scores['oof_acc'] - scores['oof_acc_plain']:>+9.4f}  {spaces} (kept: {scores['tta_space']})",
+              file=file)
     for method, scores in result["blends"].items():
         weights = " ".join(f"{w:.2f}" for w in scores["weights"])
         mark = "  <- kept" if method == result["kept"] else ""

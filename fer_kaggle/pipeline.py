@@ -18,13 +18,13 @@ import numpy as np
 import timm
 import torch
 
-from . import ensemble, heldout, inputs, pseudo
+from . import ensemble, heldout, inputs, pseudo, recipe, tta
 from .config import GPU_PRESETS, PRESETS, Config
 from .errors import FerKaggleError
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS
 from .submit import check_out_path
-from .train import Unit, UnitData, build_model, is_finished, resolve_device, train_unit
+from .train import TimeLimitReached, Unit, UnitData, build_model, is_finished, resolve_device, train_unit
 
 HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
 
@@ -62,14 +62,26 @@ def build_parser():
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-epochs", type=float)
+    parser.add_argument("--schedule", choices=recipe.SCHEDULES, help="warm-up + cosine, or one-cycle")
     parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--tta", choices=["none", "flip", "flip_shift"])
+    parser.add_argument("--mixup", type=float, help="mixup Beta alpha (0: off)")
+    parser.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
+    parser.add_argument("--mix-prob", type=float, help="share of batches mixed when mixup or cutmix is on")
+    parser.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (0: off)")
+    parser.add_argument("--class-balance", type=float, help="class loss weights ~ count^-POWER (0: off)")
+    parser.add_argument("--erase", type=float, help="probability of random erasing in --augment full")
+    parser.add_argument("--crop", type=int, help="train on random CROP x CROP windows, e.g. 44 (0: off)")
+    parser.add_argument("--tta", choices=tta.TTA_CHOICES, help="test-time views (ten_crop needs --crop)")
+    _bool_flag(parser, "compile", "torch.compile the training model")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after the epoch "
+                        "that passes this many minutes; run the same command again to continue")
     parser.add_argument("--workers", type=int, help="DataLoader workers (-1: automatic)")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: where native)")
     parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
     _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
     _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
     parser.add_argument("--pseudo-threshold", type=float, help="minimum ensemble probability for a pseudo-label")
+    _bool_flag(parser, "pseudo-soft", "train on the teachers' probabilities instead of their labels")
     parser.add_argument("--report", type=Path, help="also write the analysis report (index.html, report.md) here")
     _bool_flag(parser, "ablation", "also train the report's ablations: no normalisation, no augmentation, a DNN")
     return parser
@@ -81,7 +93,7 @@ def resolve(args):
     if len(args.paths) not in (0, 2, 3):
         raise FerKaggleError(f"got {len(args.paths)} paths: give TRAIN TEST OUT, or DATA OUT (fer2013.csv, "
                              f"icml_face_data.csv, or a folder with train/ and test/), or none for the demo")
-    preset = args.preset or ("demo" if demo else "gpu")
+    preset = args.preset or ("demo" if demo else "full")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if getattr(args, f.name, None) is not None and f.name != "preset"}
     cfg = PRESETS[preset].replace(**overrides)
@@ -97,6 +109,10 @@ def resolve(args):
         raise FerKaggleError(f"--image-size {cfg.image_size}: at least 32 pixels are needed")
     if not 0 < cfg.pseudo_threshold <= 1:
         raise FerKaggleError(f"--pseudo-threshold {cfg.pseudo_threshold}: must be in (0, 1]")
+    if cfg.crop and not 16 <= cfg.crop < cfg.image_size:
+        raise FerKaggleError(f"--crop {cfg.crop}: must be from 16 to {cfg.image_size - 1} (or 0: off)")
+    if cfg.tta == "ten_crop" and not cfg.crop:
+        raise FerKaggleError("--tta ten_crop needs a model trained on crops: add --crop, e.g. --crop 44")
     if demo:
         source, out = inputs.resolve([inputs.DEMO_TRAIN, inputs.DEMO_TEST]), None
     else:
@@ -130,23 +146,28 @@ def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, ex
     inside = folds != fold
     images, labels = train_x[inside], train_y[inside]
     if extra_x is not None and len(extra_x):
+        if extra_y.ndim == 2:  # soft pseudo-labels: every training row becomes a probability vector
+            labels = recipe.targets(labels)
         images, labels = np.concatenate([images, extra_x]), np.concatenate([labels, extra_y])
     valid = np.flatnonzero(folds == fold)
     return UnitData(images, labels, valid, train_x[valid], train_y[valid], test_ids, test_x)
 
 
-def _train_units(cfg, units, workdir, device, train_x, train_y, folds, test_ids, test_x, pseudo_table=None):
+def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds, test_ids, test_x,
+                 pseudo_table=None):
     todo = [u for u in units if not is_finished(u.dir(workdir))]
     print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished")
     position = {test_id: p for p, test_id in enumerate(test_ids)}
     for unit in todo:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeLimitReached(f"{unit.name} not started")
         extra_x = extra_y = None
         if pseudo_table is not None:
             chosen = pseudo_table[pseudo_table["fold"] == unit.fold]
             extra_x = test_x[[position[i] for i in chosen["id"]]]
-            extra_y = chosen["label"].to_numpy()
+            extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
         data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
-        metrics = train_unit(cfg, unit, workdir, data, device)
+        metrics = train_unit(cfg, unit, workdir, data, device, deadline)
         print(f"{unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
               f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)")
 
@@ -162,19 +183,21 @@ def ablation_variants(cfg):
     if cnn is None:
         raise FerKaggleError(f"--ablation compares a DNN with a CNN of its size: include one of "
                              f"{', '.join(counterparts)} in --backbones")
+    uncropped = {"crop": 0, "tta": "flip"} if cfg.crop else {}  # a DNN's input size is fixed: no crops
     return [("no_normalize", cfg.replace(normalize=False), cnn),
             ("no_augment", cfg.replace(augment="none"), cnn),
-            ("dnn", cfg, counterparts[cnn])]
+            ("dnn", cfg.replace(**uncropped), counterparts[cnn])]
 
 
-def _train_ablations(cfg, workdir, device, *arrays):
+def _train_ablations(cfg, workdir, device, deadline, *arrays):
     for variant, variant_cfg, backbone in ablation_variants(cfg):
         units = [Unit(0, backbone, fold, variant) for fold in range(cfg.folds)]
-        _train_units(variant_cfg, units, workdir, device, *arrays)
+        _train_units(variant_cfg, units, workdir, device, deadline, *arrays)
 
 
 def run(cfg, source, out, workdir, submissions, report_dir=None):
     started = time.perf_counter()
+    deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
     device = resolve_device(cfg.device)
     print(f"reading {source.describe()}")
     data, log = inputs.load(source, workdir / "cache")
@@ -196,20 +219,20 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
           f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
 
     arrays = (train_x, train_y, folds, test_ids, test_x)
-    _train_units(cfg, _round_units(cfg, 0), workdir, device, *arrays)
+    _train_units(cfg, _round_units(cfg, 0), workdir, device, deadline, *arrays)
     if cfg.pseudo:
         models, labels = ensemble.load_models(workdir)
         before = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round0/")], labels)
         table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cfg.pseudo_threshold)
         print(f"pseudo-labels (probability >= {cfg.pseudo_threshold}) added per class and fold:")
         print(pseudo.counts_per_class(table, cfg.folds).to_string())
-        _train_units(cfg, _round_units(cfg, 1), workdir, device, *arrays, table)
+        _train_units(cfg, _round_units(cfg, 1), workdir, device, deadline, *arrays, table)
         models, _ = ensemble.load_models(workdir)
         after = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round1/")], labels)
         print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
 
     if cfg.ablation:
-        _train_ablations(cfg, workdir, device, *arrays)
+        _train_ablations(cfg, workdir, device, deadline, *arrays)
     summary, path = ensemble.run(workdir, submissions, out)
     kept = summary["blends"][summary["kept"]]
     print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
@@ -234,6 +257,10 @@ def main(argv=None):
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TimeLimitReached as exc:
+        print(f"\ntime limit of {args.time_limit} minutes reached: {exc}; everything so far is saved. "
+              f"Run the same command again to continue (exit status 3: not finished)", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
         return 130

@@ -5,13 +5,16 @@ fold k's teachers (one per backbone, each trained without fold k) agree on with 
 least `threshold` mean probability. No teacher that saw fold k's validation rows is
 asked, so the student's OOF accuracy on fold k stays honest.
 
-Writes `<workdir>/round1/pseudo_labels.csv` (fold, id, label, confidence).
+Writes `<workdir>/round1/pseudo_labels.csv` (fold, id, label, confidence, p_<class> for each class).
+With --pseudo-soft the students learn the teachers' probabilities instead of their argmax.
 """
 import numpy as np
 import pandas as pd
 
 from .atomic import save_csv
 from .data import CLASS_NAMES
+
+PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
 
 
 def select(test_probs, threshold):
@@ -37,8 +40,9 @@ def pseudo_labels(workdir, backbones, n_folds, threshold):
     for fold in range(n_folds):
         ids, probs = teacher_probs(workdir, backbones, fold)
         chosen, labels, confidence = select(probs, threshold)
-        tables.append(pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels,
-                                    "confidence": confidence.round(6)}))
+        table = pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels, "confidence": confidence.round(6)})
+        table[PROB_COLUMNS] = probs[chosen].round(6)  # the teachers' probabilities, for --pseudo-soft
+        tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     save_csv(f"{workdir}/round1/pseudo_labels.csv", table)
     return table

@@ -251,7 +251,7 @@ def _model_scores(run, model_dir):
     units = run.unit_dirs(model_dir)
     if not units or not all((u / "metrics.json").exists() for u in units):
         return None
-    oof, plain, _, _ = ensemble.load_model_dir(run.workdir / model_dir, len(run.labels), len(units))
+    oof, plain, *_ = ensemble.load_model_dir(run.workdir / model_dir, len(run.labels), len(units), run.labels)
     seconds = sum(json.loads((unit / "metrics.json").read_text())["train_seconds"] for unit in units)
     return {"OOF accuracy": round(ensemble.accuracy(oof, run.labels), 4),
             "without TTA": round(ensemble.accuracy(plain, run.labels), 4), "train seconds": round(seconds)}

@@ -10,7 +10,6 @@ Writes `<workdir>/round<r>/<backbone>/fold<k>/` (ablations: `ablation/<variant>/
        metrics.json    written last: the unit is finished once it exists
 """
 import json
-import math
 import os
 import time
 import zlib
@@ -24,7 +23,7 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from . import augment
+from . import augment, recipe, tta
 from .atomic import atomic_path, save_csv, save_npz, save_torch, write_json
 from .config import TRAINING_FIELDS
 from .data import NUM_CLASSES
@@ -61,7 +60,7 @@ class Unit:
 class UnitData:
     """The arrays one unit trains on and predicts."""
     train_images: np.ndarray
-    train_labels: np.ndarray
+    train_labels: np.ndarray    # int (N,), or (N, 7) rows of probabilities (soft pseudo-labels)
     valid_rows: np.ndarray
     valid_images: np.ndarray
     valid_labels: np.ndarray
@@ -108,15 +107,6 @@ def _optimizer(cfg, model):
     raise FerKaggleError(f"unknown optimizer '{cfg.optimizer}'; choose sgd or adamw")
 
 
-def _warmup_cosine(total_steps, warmup_steps):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def _check_config(unit, unit_dir, unit_config):
     """Write the unit's config, or check that a resumed unit was started with the same one."""
     path = unit_dir / "config.json"
@@ -141,14 +131,21 @@ def _workers(cfg, device):
     return 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
-def train_unit(cfg, unit, workdir, data, device):
-    """Train `unit` to the end (resuming from its checkpoint), predict, save; returns its metrics."""
+class TimeLimitReached(Exception):
+    """--time-limit ran out after a finished epoch: everything is saved, a re-run resumes."""
+
+
+def train_unit(cfg, unit, workdir, data, device, deadline=None):
+    """Train `unit` to the end (resuming from its checkpoint), predict, save; returns its metrics.
+
+    `deadline` (time.monotonic() seconds): stop after the first epoch that ends past it.
+    """
     unit_dir = unit.dir(workdir)
     if is_finished(unit_dir):
         return json.loads((unit_dir / "metrics.json").read_text())
     unit_dir.mkdir(parents=True, exist_ok=True)
     mean, std = augment.normalize_stats(data.train_images, cfg.normalize)
-    train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size)
+    train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
     eval_pipe = augment.eval_pipeline(mean, std, cfg.image_size)
     _check_config(unit, unit_dir, {**cfg.to_dict(), "round": unit.round, "backbone": unit.backbone,
                                    "fold": unit.fold, "mean": mean, "std": std,
@@ -159,16 +156,18 @@ def train_unit(cfg, unit, workdir, data, device):
     torch.manual_seed(unit.seed(cfg.seed))
     model = build_model(unit.backbone, device)
     optimizer = _optimizer(cfg, model)
-    dataset = augment.FaceDataset(data.train_images, data.train_labels, train_pipe)
+    ema = recipe.make_ema(model, cfg.ema)
+    train_targets = recipe.targets(data.train_labels)
+    weights = recipe.class_weights(train_targets.argmax(1), cfg.class_balance) if cfg.class_balance else None
+    dataset = augment.FaceDataset(data.train_images, train_targets, train_pipe)
     sampler = augment.EpochSampler(len(dataset), cfg.batch_size)
     workers = _workers(cfg, device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(dataset) > cfg.batch_size,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    steps = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(cfg.epochs * steps, max(1, round(cfg.warmup_epochs * steps))))
+    scheduler = recipe.make_scheduler(cfg.schedule, optimizer, cfg.epochs, len(loader), cfg.warmup_epochs, cfg.lr)
     amp_dtype = autocast_dtype(cfg.amp, device)
+    step = _Step(model, optimizer, scheduler, ema, weights, cfg, device, amp_dtype)
 
     checkpoint_path = unit_dir / "checkpoint.pt"
     history, start_epoch = [], 0
@@ -177,56 +176,91 @@ def train_unit(cfg, unit, workdir, data, device):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, start_epoch = state["history"], state["epoch"]
 
     valid_x = augment.to_tensor(data.valid_images, eval_pipe)
     valid_y = torch.as_tensor(data.valid_labels)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         epoch_seed = unit.seed(cfg.seed, epoch)
-        torch.manual_seed(epoch_seed)  # dropout
+        torch.manual_seed(epoch_seed)  # dropout, mixup
+        np.random.seed(epoch_seed % 2**32)  # timm's cutmix box draws from numpy's global RNG
         sampler.set_epoch_seed(epoch_seed)
-        train_loss, train_acc = _train_epoch(model, loader, optimizer, scheduler, loss_fn, device, amp_dtype,
-                                             desc=f"{unit.name} epoch {epoch + 1}/{cfg.epochs}", unit=unit)
-        valid_probs = predict_views(model, valid_x, "none", device, amp_dtype=amp_dtype)[0]
+        train_loss, train_acc = _train_epoch(step, loader, desc=f"{unit.name} epoch {epoch + 1}/{cfg.epochs}",
+                                             unit=unit)
+        valid_probs = predict_views(step.eval_model(), valid_x, "none", device, amp_dtype=amp_dtype,
+                                    crop=cfg.crop)[0]
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": _nll(valid_probs, valid_y), "valid_acc": _accuracy(valid_probs, valid_y),
                "seconds": time.perf_counter() - started}
         history.append(row)
-        save_torch(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                     "history": history, "backbone": unit.backbone, "mean": mean, "std": std})
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                 "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        save_torch(checkpoint_path, state)
         save_csv(unit_dir / "history.csv", pd.DataFrame(history))
         tqdm.write(f"{unit.name} epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.3f} "
                    f"acc {train_acc:.3f} | valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
+        if deadline is not None and time.monotonic() > deadline and epoch + 1 < cfg.epochs:
+            raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch + 1} of {cfg.epochs}")
 
-    return _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_pipe, device,
+    return _predict_and_save(cfg, unit, unit_dir, step.eval_model(), valid_x, valid_y, data, eval_pipe, device,
                              amp_dtype, history)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, loss_fn, device, amp_dtype, desc, unit):
-    model.train()
+@dataclass
+class _Step:
+    """One optimisation step of the recipe: mix, forward in autocast, weighted soft loss, step, EMA."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: object
+    weights: torch.Tensor
+    cfg: object
+    device: torch.device
+    amp_dtype: torch.dtype
+    count: int = 0
+
+    def __call__(self, images, batch_targets):
+        cfg = self.cfg
+        images, mixed = recipe.mix_batch(images, batch_targets, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(images.contiguous(memory_format=torch.channels_last))
+        loss = recipe.loss(logits, mixed, cfg.label_smoothing, self.weights)
+        if not torch.isfinite(loss):
+            return loss, logits
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.count += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.scheduler.last_epoch)
+        return loss, logits
+
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _train_epoch(step, loader, desc, unit):
+    step.model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: off when not a terminal
-    for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-            loss = loss_fn(logits.float(), labels)
+    for number, (images, batch_targets) in enumerate(bar):
+        images = images.to(step.device, non_blocking=True)
+        batch_targets = batch_targets.to(step.device, non_blocking=True)
+        loss, logits = step(images, batch_targets)
         if not torch.isfinite(loss):
             raise FerKaggleError(f"{unit.name}: the training loss became {loss.item()} at {desc}, "
-                                 f"step {step + 1}; lower --lr and run again")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(-1) == labels).sum().item()
-        seen += len(labels)
+                                 f"step {number + 1}; lower --lr and run again")
+        total_loss += loss.item() * len(images)
+        correct += (logits.argmax(-1) == batch_targets.argmax(-1)).sum().item()
+        seen += len(images)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / seen, correct / seen
 
@@ -241,15 +275,18 @@ def _accuracy(probs, labels):
 
 def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_pipe, device, amp_dtype,
                       history):
-    oof_views = predict_views(model, valid_x, cfg.tta, device, amp_dtype=amp_dtype)
+    oof_views = predict_views(model, valid_x, cfg.tta, device, amp_dtype=amp_dtype, crop=cfg.crop, logits=True)
     test_views = predict_views(model, augment.to_tensor(data.test_images, eval_pipe), cfg.tta, device,
-                               amp_dtype=amp_dtype)
-    oof = oof_views.mean(0)
-    save_npz(unit_dir / "oof.npz", rows=data.valid_rows, probs=oof.numpy(), probs_plain=oof_views[0].numpy())
-    save_npz(unit_dir / "test.npz", ids=data.test_ids, probs=test_views.mean(0).numpy(),
-             probs_plain=test_views[0].numpy())
+                               amp_dtype=amp_dtype, crop=cfg.crop, logits=True)
+    oof, oof_logit = tta.average(oof_views, "prob"), tta.average(oof_views, "logit")
+    oof_plain = oof_views[0].softmax(-1)
+    save_npz(unit_dir / "oof.npz", rows=data.valid_rows, probs=oof.numpy(), probs_logit=oof_logit.numpy(),
+             probs_plain=oof_plain.numpy())
+    save_npz(unit_dir / "test.npz", ids=data.test_ids, probs=tta.average(test_views, "prob").numpy(),
+             probs_logit=tta.average(test_views, "logit").numpy(), probs_plain=test_views[0].softmax(-1).numpy())
     metrics = {"unit": unit.name, "valid_acc": _accuracy(oof, valid_y),
-               "valid_acc_plain": _accuracy(oof_views[0], valid_y), "tta": cfg.tta,
+               "valid_acc_logit": _accuracy(oof_logit, valid_y),
+               "valid_acc_plain": _accuracy(oof_plain, valid_y), "tta": cfg.tta,
                "epochs": len(history), "train_seconds": sum(row["seconds"] for row in history),
                "train_rows": len(data.train_images), "valid_rows": len(data.valid_rows)}
     write_json(unit_dir / "metrics.json", metrics)

@@ -1,44 +1,74 @@
-"""Test-time augmentation: class probabilities averaged over flipped and shifted views.
+"""Test-time augmentation: predictions averaged over flipped, shifted or cropped views.
 
-Views are cheap tensor ops on normalised batches, so memory stays at one batch of
-one view at a time whatever the number of images.
+Views are cheap tensor ops on normalised batches, so memory stays at one batch of one
+view at a time whatever the number of images. A model trained on random `crop` x `crop`
+crops (--crop) sees the centre crop as its plain view, and `ten_crop` adds the four
+corner crops, each also flipped. Views are averaged in probability space (`probs`) or
+as logits before one softmax (`probs_logit`); both are saved and the ensemble keeps,
+per model, whichever has the higher OOF accuracy.
 """
 import torch
 import torch.nn.functional as F
 
 SHIFT = 2  # pixels; small next to the train pipeline's +-10% (4.8 px) translation
 _SHIFTS = ((0, 0), (SHIFT, 0), (-SHIFT, 0), (0, SHIFT), (0, -SHIFT))
-VIEWS = {
-    "none": [(False, (0, 0))],
-    "flip": [(False, (0, 0)), (True, (0, 0))],
-    "flip_shift": [(flip, shift) for flip in (False, True) for shift in _SHIFTS],
-}
+_CORNERS = ((0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))  # centre, then corners (units of the crop margin)
+TTA_CHOICES = ("none", "flip", "flip_shift", "ten_crop")
+SPACES = ("prob", "logit")
 
 
-def view(batch, flip, shift):
-    """One view of an (N, C, H, W) batch: optional horizontal flip, then a shift with edge padding."""
+def views(tta, crop=0):
+    """[(flip, (dy, dx))] of a TTA choice; offsets are pixels, or multiples of the margin for ten_crop."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown TTA '{tta}'; choose one of {', '.join(TTA_CHOICES)}")
+    if tta == "ten_crop" and not crop:
+        raise ValueError("ten-crop TTA needs a model trained on crops: add --crop, e.g. --crop 44")
+    offsets = {"none": [(0, 0)], "flip": [(0, 0)], "flip_shift": _SHIFTS, "ten_crop": _CORNERS}[tta]
+    flips = (False,) if tta == "none" else (False, True)
+    return [(flip, offset) for flip in flips for offset in offsets]
+
+
+VIEWS = {name: views(name) for name in ("none", "flip", "flip_shift")}  # the views of a model without --crop
+
+
+def view(batch, flip, offset, crop=0, ten_crop=False):
+    """One view of an (N, C, H, W) batch: optional horizontal flip, then a shift or a crop window."""
     if flip:
         batch = batch.flip(-1)
-    dy, dx = shift
+    h, w = batch.shape[-2:]
+    dy, dx = offset
+    if crop:
+        margin_y, margin_x = (h - crop) // 2, (w - crop) // 2
+        if ten_crop:
+            dy, dx = dy * margin_y, dx * margin_x
+        top = min(max(margin_y + dy, 0), h - crop)
+        left = min(max(margin_x + dx, 0), w - crop)
+        return batch[..., top:top + crop, left:left + crop]
     if dy or dx:
-        h, w = batch.shape[-2:]
         padded = F.pad(batch, (SHIFT, SHIFT, SHIFT, SHIFT), mode="replicate")
         batch = padded[..., SHIFT + dy:SHIFT + dy + h, SHIFT + dx:SHIFT + dx + w]
     return batch
 
 
 @torch.no_grad()
-def predict_views(model, images, tta, device, batch_size=256, amp_dtype=None):
-    """Softmax probabilities of every view: float32 tensor (views, N, 7); view 0 is the plain image."""
-    if tta not in VIEWS:
-        raise ValueError(f"unknown TTA '{tta}'; choose one of {', '.join(VIEWS)}")
+def predict_views(model, images, tta, device, batch_size=256, amp_dtype=None, crop=0, logits=False):
+    """float32 tensor (views, N, 7) of softmax probabilities (or logits); view 0 is the plain image."""
     model.eval()
-    views = VIEWS[tta]
-    out = torch.empty(len(views), len(images), model.num_classes)
+    chosen = views(tta, crop)
+    out = torch.empty(len(chosen), len(images), model.num_classes)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
-        for v, (flip, shift) in enumerate(views):
+        for v, (flip, offset) in enumerate(chosen):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(view(batch, flip, shift))
-            out[v, start:start + len(batch)] = logits.float().softmax(-1).cpu()
+                scores = model(view(batch, flip, offset, crop, tta == "ten_crop")).float()
+            out[v, start:start + len(batch)] = (scores if logits else scores.softmax(-1)).cpu()
     return out
+
+
+def average(view_logits, space):
+    """Probabilities from (views, N, 7) logits: mean of softmaxes ("prob") or softmax of the mean ("logit")."""
+    if space == "prob":
+        return view_logits.softmax(-1).mean(0)
+    if space == "logit":
+        return view_logits.mean(0).softmax(-1)
+    raise ValueError(f"unknown TTA space '{space}'; choose one of {', '.join(SPACES)}")

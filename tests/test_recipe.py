@@ -1,0 +1,145 @@
+"""The recipe's switchable parts: targets, class weights, mixing, loss, schedules, EMA; and a unit
+trained with all of them on (crops, ten-crop TTA, mixup + cutmix, EMA, one-cycle, class weights,
+soft labels) resumes to the same files as an uninterrupted run."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fer_kaggle import recipe, train
+from fer_kaggle.config import PRESETS
+from fer_kaggle.train import Unit, UnitData, train_unit
+
+CPU = torch.device("cpu")
+
+
+def test_targets_one_hot_and_soft_rows():
+    assert recipe.targets(np.array([2, 0])).tolist() == [[0, 0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]]
+    soft = np.full((1, 7), 1 / 7)
+    np.testing.assert_allclose(recipe.targets(soft), soft)
+
+
+def test_loss_equals_torch_cross_entropy_with_label_smoothing():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(16, 7), torch.randint(0, 7, (16,))
+    ours = recipe.loss(logits, torch.as_tensor(recipe.targets(labels.numpy())), smoothing=0.1)
+    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+
+
+def test_class_weights_favour_the_rare_class_and_average_one(demo_train):
+    _, labels = demo_train
+    weights = recipe.class_weights(labels, power=0.5)
+    counts = np.bincount(labels, minlength=7)
+    assert weights.argmax().item() == counts.argmin() == 1, "disgust, the rarest class, weighs most"
+    assert float((weights.numpy() * counts).sum() / counts.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(recipe.class_weights(labels, power=0.0), torch.ones(7))
+    torch.manual_seed(0)
+    logits = torch.randn(len(labels), 7)
+    targets = torch.as_tensor(recipe.targets(labels))
+    weighted = recipe.loss(logits, targets, weights=weights)
+    by_hand = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels), weight=weights)
+    torch.testing.assert_close(weighted, by_hand)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(1.0, 0.0), (0.0, 1.0)])
+def test_mix_batch_mixes_images_and_targets_alike(mixup, cutmix):
+    torch.manual_seed(3)
+    images = torch.stack([torch.full((1, 48, 48), 1.0), torch.zeros(1, 48, 48)])
+    targets = torch.eye(7)[[0, 1]]
+    mixed, mixed_targets = recipe.mix_batch(images, targets, mixup, cutmix, prob=1.0)
+    share = mixed[0].mean().item()  # the first image's own share of its pixels
+    assert 0 < share < 1
+    torch.testing.assert_close(mixed_targets[0, 0], torch.tensor(share), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed_targets.sum(1), torch.ones(2))
+    same, same_targets = recipe.mix_batch(images, targets, mixup, cutmix, prob=0.0)
+    assert same is images and same_targets is targets
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    for schedule in recipe.SCHEDULES:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+        scheduler = recipe.make_scheduler(schedule, optimizer, epochs=4, steps_per_epoch=10, warmup_epochs=1,
+                                          peak_lr=0.1)
+        lrs = []
+        for _ in range(40):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        peak = int(np.argmax(lrs))
+        assert 5 <= peak <= 12, (schedule, peak)
+        assert max(lrs) == pytest.approx(0.1, rel=1e-3) and lrs[-1] < 0.01 * max(lrs), schedule
+        assert all(a <= b + 1e-12 for a, b in zip(lrs[:peak], lrs[1:peak + 1])), schedule
+
+
+def test_ema_follows_the_weights_slowly():
+    model = torch.nn.Linear(2, 2)
+    ema = recipe.make_ema(model, 0.9)
+    start = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for step in range(1, 200):
+        ema.update(model, step=step)
+    moved = (ema.module.weight - start).mean().item()
+    assert 0.5 < moved <= 1.0 + 1e-6
+    assert recipe.make_ema(model, 0.0) is None
+
+
+EVERYTHING = PRESETS["demo"].replace(
+    backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, crop=40, tta="ten_crop", mixup=0.4, cutmix=1.0,
+    mix_prob=1.0, ema=0.9, schedule="onecycle", class_balance=0.5, augment="full")
+
+
+@pytest.fixture(scope="module")
+def soft_unit_data(small_unit_data):
+    """The small unit's data with its last 50 training rows given soft (pseudo-label-like) targets."""
+    targets = recipe.targets(small_unit_data.train_labels)
+    targets[-50:] = 0.6 * targets[-50:] + 0.4 / 7
+    d = small_unit_data
+    return UnitData(d.train_images, targets, d.valid_rows, d.valid_images, d.valid_labels, d.test_ids, d.test_images)
+
+
+def _files(unit_dir):
+    history = pd.read_csv(unit_dir / "history.csv").drop(columns="seconds")
+    with np.load(unit_dir / "oof.npz") as oof, np.load(unit_dir / "test.npz") as test:
+        arrays = {f"oof_{k}": oof[k] for k in oof.files} | {f"test_{k}": test[k] for k in test.files}
+    return history, arrays
+
+
+def test_unit_with_every_recipe_element_resumes_identically(tmp_path, soft_unit_data, monkeypatch):
+    unit = Unit(0, "fer_vgg_tiny", 0)
+    metrics = train_unit(EVERYTHING, unit, tmp_path / "straight", soft_unit_data, CPU)
+    assert metrics["tta"] == "ten_crop" and {"valid_acc", "valid_acc_logit", "valid_acc_plain"} <= set(metrics)
+    state = torch.load(unit.dir(tmp_path / "straight") / "checkpoint.pt", weights_only=True)
+    assert "ema" in state and state["crop"] == 40
+
+    real_epoch, calls = train._train_epoch, []
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_unit(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, CPU)
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    train_unit(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, CPU)
+    history, arrays = _files(unit.dir(tmp_path / "straight"))
+    history2, arrays2 = _files(unit.dir(tmp_path / "resumed"))
+    pd.testing.assert_frame_equal(history, history2)
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], arrays2[name], err_msg=name)
+    assert arrays["oof_probs"].shape == arrays["oof_probs_logit"].shape == (100, 7)
+    assert not np.allclose(arrays["oof_probs"], arrays["oof_probs_logit"]), "two TTA averages, both saved"
+
+
+def test_time_limit_stops_after_an_epoch_and_a_rerun_finishes(tmp_path, small_unit_data):
+    import time
+    cfg = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=3, batch_size=32)
+    unit = Unit(0, "fer_vgg_tiny", 0)
+    with pytest.raises(train.TimeLimitReached, match="stopped after epoch 1 of 3"):
+        train_unit(cfg, unit, tmp_path, small_unit_data, CPU, deadline=time.monotonic())
+    assert torch.load(unit.dir(tmp_path) / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    metrics = train_unit(cfg, unit, tmp_path, small_unit_data, CPU)
+    assert metrics["epochs"] == 3
