@@ -159,8 +159,6 @@ def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds,
     print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished")
     position = {test_id: p for p, test_id in enumerate(test_ids)}
     for unit in todo:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeLimitReached(f"{unit.name} not started")
         extra_x = extra_y = None
         if pseudo_table is not None:
             chosen = pseudo_table[pseudo_table["fold"] == unit.fold]

@@ -135,10 +135,37 @@ class TimeLimitReached(Exception):
     """--time-limit ran out after a finished epoch: everything is saved, a re-run resumes."""
 
 
+class HostBatches:
+    """One epoch's augmented batches from albumentations in DataLoader workers (CPU side)."""
+
+    def __init__(self, cfg, images, targets, pipeline, device):
+        dataset = augment.FaceDataset(images, targets, pipeline)
+        self.sampler = augment.EpochSampler(len(dataset), cfg.batch_size)
+        workers = _workers(cfg, device)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=len(dataset) > cfg.batch_size,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def set_epoch_seed(self, seed):
+        self.sampler.set_epoch_seed(seed)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def make_batches(cfg, images, targets, pipeline, device):
+    """The training batches of a unit: an iterable of (images, targets) with set_epoch_seed and len."""
+    return HostBatches(cfg, images, targets, pipeline, device)
+
+
 def train_unit(cfg, unit, workdir, data, device, deadline=None):
     """Train `unit` to the end (resuming from its checkpoint), predict, save; returns its metrics.
 
-    `deadline` (time.monotonic() seconds): stop after the first epoch that ends past it.
+    `deadline` (time.monotonic() seconds): stop after the first epoch that ends past it; every call
+    trains at least one epoch, so a run repeated with a short --time-limit always moves on.
     """
     unit_dir = unit.dir(workdir)
     if is_finished(unit_dir):
@@ -153,21 +180,11 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
     _save_pipeline(train_pipe, unit_dir / "train_pipeline.json")
     _save_pipeline(eval_pipe, unit_dir / "eval_pipeline.json")
 
-    torch.manual_seed(unit.seed(cfg.seed))
-    model = build_model(unit.backbone, device)
-    optimizer = _optimizer(cfg, model)
-    ema = recipe.make_ema(model, cfg.ema)
     train_targets = recipe.targets(data.train_labels)
-    weights = recipe.class_weights(train_targets.argmax(1), cfg.class_balance) if cfg.class_balance else None
-    dataset = augment.FaceDataset(data.train_images, train_targets, train_pipe)
-    sampler = augment.EpochSampler(len(dataset), cfg.batch_size)
-    workers = _workers(cfg, device)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(dataset) > cfg.batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    scheduler = recipe.make_scheduler(cfg.schedule, optimizer, cfg.epochs, len(loader), cfg.warmup_epochs, cfg.lr)
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    step = _Step(model, optimizer, scheduler, ema, weights, cfg, device, amp_dtype)
+    loader = make_batches(cfg, data.train_images, train_targets, train_pipe, device)
+    torch.manual_seed(unit.seed(cfg.seed))
+    step = make_step(cfg, unit.backbone, device, len(loader), train_targets.argmax(1))
+    model, optimizer, scheduler, ema, amp_dtype = step.model, step.optimizer, step.scheduler, step.ema, step.amp_dtype
 
     checkpoint_path = unit_dir / "checkpoint.pt"
     history, start_epoch = [], 0
@@ -187,7 +204,7 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
         epoch_seed = unit.seed(cfg.seed, epoch)
         torch.manual_seed(epoch_seed)  # dropout, mixup
         np.random.seed(epoch_seed % 2**32)  # timm's cutmix box draws from numpy's global RNG
-        sampler.set_epoch_seed(epoch_seed)
+        loader.set_epoch_seed(epoch_seed)
         train_loss, train_acc = _train_epoch(step, loader, desc=f"{unit.name} epoch {epoch + 1}/{cfg.epochs}",
                                              unit=unit)
         valid_probs = predict_views(step.eval_model(), valid_x, "none", device, amp_dtype=amp_dtype,
@@ -214,7 +231,7 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
 
 
 @dataclass
-class _Step:
+class Step:
     """One optimisation step of the recipe: mix, forward in autocast, weighted soft loss, step, EMA."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -224,13 +241,13 @@ class _Step:
     cfg: object
     device: torch.device
     amp_dtype: torch.dtype
-    count: int = 0
+    forward: object = None  # torch.compile(model) with --compile; it shares the model's weights
 
     def __call__(self, images, batch_targets):
         cfg = self.cfg
         images, mixed = recipe.mix_batch(images, batch_targets, cfg.mixup, cfg.cutmix, cfg.mix_prob)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(images.contiguous(memory_format=torch.channels_last))
+            logits = (self.forward or self.model)(images.contiguous(memory_format=torch.channels_last))
         loss = recipe.loss(logits, mixed, cfg.label_smoothing, self.weights)
         if not torch.isfinite(loss):
             return loss, logits
@@ -238,13 +255,24 @@ class _Step:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        self.count += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.scheduler.last_epoch)
         return loss, logits
 
     def eval_model(self):
         return self.ema.module if self.ema is not None else self.model
+
+
+def make_step(cfg, backbone, device, steps_per_epoch, hard_labels):
+    """A fresh model (from torch's current seed) with its optimizer, schedule, EMA and loss weights."""
+    model = build_model(backbone, device)
+    optimizer = _optimizer(cfg, model)
+    ema = recipe.make_ema(model, cfg.ema)
+    weights = recipe.class_weights(hard_labels, cfg.class_balance) if cfg.class_balance else None
+    scheduler = recipe.make_scheduler(cfg.schedule, optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_epochs,
+                                      cfg.lr)
+    forward = torch.compile(model) if cfg.compile else None
+    return Step(model, optimizer, scheduler, ema, weights, cfg, device, autocast_dtype(cfg.amp, device), forward)
 
 
 def _train_epoch(step, loader, desc, unit):
