@@ -36,7 +36,9 @@ class Config:
     erase: float = 0.5               # probability of random erasing (one 8-16 px hole) in `full`
     crop: int = 0                    # train on random crop x crop windows (e.g. 44), predict the centre; 0: off
     normalize: bool = True           # False: pixels/255 instead of (pixels - mean) / std (ablation)
-    workers: int = -1                # DataLoader workers; -1: none on CPU, up to 8 on CUDA
+    augment_on: str = "auto"         # device (batched on the GPU, gpu_augment) | host (albumentations in
+                                     # DataLoader workers) | auto: device on CUDA, host on a CPU
+    workers: int = -1                # DataLoader workers of the host path; -1: none on CPU, up to 8 on CUDA
     amp: str = "auto"                # auto (bf16 where the device runs it natively) | bf16 | off
     compile: bool = False            # torch.compile the training model (pays on CUDA for long runs)
     time_limit: float = 0.0          # minutes; stop cleanly after the epoch that passes it, resume on re-run

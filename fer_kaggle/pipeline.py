@@ -75,7 +75,9 @@ def build_parser():
     _bool_flag(parser, "compile", "torch.compile the training model")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after the epoch "
                         "that passes this many minutes; run the same command again to continue")
-    parser.add_argument("--workers", type=int, help="DataLoader workers (-1: automatic)")
+    parser.add_argument("--augment-on", choices=["auto", "device", "host"], help="train-time augmentation "
+                        "batched on the device, or albumentations in DataLoader workers (auto: device on CUDA)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of the host path (-1: automatic)")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: where native)")
     parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
     _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")

@@ -28,6 +28,7 @@ from .atomic import atomic_path, save_csv, save_npz, save_torch, write_json
 from .config import TRAINING_FIELDS
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
+from .gpu_augment import BatchAugment
 from .tta import predict_views
 
 
@@ -125,7 +126,7 @@ def _save_pipeline(pipeline, path):
         A.save(pipeline, str(tmp), data_format="json")
 
 
-def _workers(cfg, device):
+def loader_workers(cfg, device):
     if cfg.workers >= 0:
         return cfg.workers
     return 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
@@ -135,16 +136,23 @@ class TimeLimitReached(Exception):
     """--time-limit ran out after a finished epoch: everything is saved, a re-run resumes."""
 
 
+def _one_cv2_thread(_):
+    """In a DataLoader worker: OpenCV's own thread pool would fight the other workers for the cores."""
+    import cv2
+    cv2.setNumThreads(0)
+
+
 class HostBatches:
     """One epoch's augmented batches from albumentations in DataLoader workers (CPU side)."""
 
     def __init__(self, cfg, images, targets, pipeline, device):
         dataset = augment.FaceDataset(images, targets, pipeline)
         self.sampler = augment.EpochSampler(len(dataset), cfg.batch_size)
-        workers = _workers(cfg, device)
+        workers = loader_workers(cfg, device)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=len(dataset) > cfg.batch_size,
-            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            worker_init_fn=_one_cv2_thread if workers else None)
 
     def set_epoch_seed(self, seed):
         self.sampler.set_epoch_seed(seed)
@@ -156,8 +164,49 @@ class HostBatches:
         return len(self.loader)
 
 
+class DeviceBatches:
+    """One epoch's batches augmented on the device, all images at once per batch.
+
+    The train set lives on the device as uint8 (66 MB for FER2013) and gpu_augment applies the
+    albumentations pipeline's own transforms and parameters, drawing each image's from one seeded
+    generator per batch: the same batches after a resume, and no CPU workers to wait for.
+    """
+
+    def __init__(self, cfg, images, targets, pipeline, device):
+        self.images = torch.as_tensor(images).to(device)
+        self.targets = torch.as_tensor(targets).to(device)
+        self.augment = BatchAugment.from_pipeline(pipeline, images.shape[-1])
+        self.batch_size, self.device, self.epoch_seed = cfg.batch_size, device, 0
+        self.generator = torch.Generator(device=device)
+        self.count = len(images) // self.batch_size if len(images) > self.batch_size else 1
+
+    def set_epoch_seed(self, seed):
+        self.epoch_seed = seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.epoch_seed)  # the same order as HostBatches' sampler
+        order = torch.as_tensor(rng.permutation(len(self.images)), device=self.device)
+        batch_seeds = rng.integers(0, 2**31, size=self.count)
+        for number in range(self.count):
+            rows = order[number * self.batch_size:(number + 1) * self.batch_size]
+            self.generator.manual_seed(int(batch_seeds[number]))
+            yield self.augment(self.images[rows], self.generator), self.targets[rows]
+
+    def __len__(self):
+        return self.count
+
+
+def augment_on(cfg, device):
+    """Where the training augmentation runs: 'device' (batched, gpu_augment) or 'host' (albumentations)."""
+    if cfg.augment_on == "auto":
+        return "device" if device.type == "cuda" else "host"
+    return cfg.augment_on
+
+
 def make_batches(cfg, images, targets, pipeline, device):
     """The training batches of a unit: an iterable of (images, targets) with set_epoch_seed and len."""
+    if augment_on(cfg, device) == "device":
+        return DeviceBatches(cfg, images, targets, pipeline, device)
     return HostBatches(cfg, images, targets, pipeline, device)
 
 

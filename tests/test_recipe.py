@@ -98,6 +98,24 @@ def soft_unit_data(small_unit_data):
     return UnitData(d.train_images, targets, d.valid_rows, d.valid_images, d.valid_labels, d.test_ids, d.test_images)
 
 
+def _interrupt_then_resume(cfg, unit, workdir, data, monkeypatch):
+    """Train `unit` with a Ctrl-C in its second epoch, then run it again to the end."""
+    real_epoch, calls = train._train_epoch, []
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_unit(cfg, unit, workdir, data, CPU)
+    assert not (unit.dir(workdir) / "metrics.json").exists()
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    train_unit(cfg, unit, workdir, data, CPU)
+
+
 def _files(unit_dir):
     history = pd.read_csv(unit_dir / "history.csv").drop(columns="seconds")
     with np.load(unit_dir / "oof.npz") as oof, np.load(unit_dir / "test.npz") as test:
@@ -112,19 +130,7 @@ def test_unit_with_every_recipe_element_resumes_identically(tmp_path, soft_unit_
     state = torch.load(unit.dir(tmp_path / "straight") / "checkpoint.pt", weights_only=True)
     assert "ema" in state and state["crop"] == 40
 
-    real_epoch, calls = train._train_epoch, []
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_unit(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, CPU)
-    monkeypatch.setattr(train, "_train_epoch", real_epoch)
-    train_unit(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, CPU)
+    _interrupt_then_resume(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, monkeypatch)
     history, arrays = _files(unit.dir(tmp_path / "straight"))
     history2, arrays2 = _files(unit.dir(tmp_path / "resumed"))
     pd.testing.assert_frame_equal(history, history2)
@@ -143,3 +149,33 @@ def test_time_limit_stops_after_an_epoch_and_a_rerun_finishes(tmp_path, small_un
     assert torch.load(unit.dir(tmp_path) / "checkpoint.pt", weights_only=True)["epoch"] == 1
     metrics = train_unit(cfg, unit, tmp_path, small_unit_data, CPU)
     assert metrics["epochs"] == 3
+
+
+def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small_unit_data, monkeypatch):
+    """--augment-on device (the GPU path, here on the CPU): same order of rows as the host path, and a
+    resumed unit gives the same files as an uninterrupted one."""
+    cfg = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, augment="full",
+                                  crop=44, augment_on="device")
+    host = train.make_batches(cfg.replace(augment_on="host"), small_unit_data.train_images,
+                              recipe.targets(small_unit_data.train_labels), _pipeline(cfg), CPU)
+    device = train.make_batches(cfg, small_unit_data.train_images, recipe.targets(small_unit_data.train_labels),
+                                _pipeline(cfg), CPU)
+    assert isinstance(device, train.DeviceBatches) and len(device) == len(host)
+    for batches in (host, device):
+        batches.set_epoch_seed(5)
+    for (_, host_targets), (images, device_targets) in zip(host, device):
+        assert images.shape == (32, 1, 44, 44) and images.dtype == torch.float32
+        torch.testing.assert_close(host_targets, device_targets)
+
+    unit = Unit(0, "fer_vgg_tiny", 0)
+    train_unit(cfg, unit, tmp_path / "straight", small_unit_data, CPU)
+    _interrupt_then_resume(cfg, unit, tmp_path / "resumed", small_unit_data, monkeypatch)
+    _, arrays = _files(unit.dir(tmp_path / "straight"))
+    _, arrays2 = _files(unit.dir(tmp_path / "resumed"))
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], arrays2[name], err_msg=name)
+
+
+def _pipeline(cfg):
+    from fer_kaggle import augment
+    return augment.train_pipeline(0.5, 0.25, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
