@@ -7,6 +7,8 @@ No pretrained weights exist for these: they train from scratch.
 import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import trunc_normal_
+from timm.models.convnext import ConvNeXt
 
 
 def conv_bn_relu(in_chs, out_chs, stride=1):
@@ -117,6 +119,28 @@ class FerDnn(_ClassifierMixin, nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+class FerConvNeXt(ConvNeXt):
+    """timm's ConvNeXt with a CIFAR-style stem: a 3x3 conv (stride 1 or 2) and LayerNorm, no 4x4 patchify.
+
+    At 48 px timm's patch-4 stem leaves 12 px for stage 0 and 1.5 px after the third downsample,
+    and patch_size=2 does not help (timm then downsamples in stage 0 too: 24 -> 12 -> 6 -> 3 -> 1).
+    So the stages are built as for patch_size=1 (stage 0 keeps the stem's resolution, stages 1-3
+    halve it: 48 -> 6 px with a stride-1 stem, 24 -> 3 px with stride 2) and the 1x1 patch conv,
+    which on one grey channel feeds LayerNorm a single number per pixel, is replaced by a 3x3 conv
+    with timm's ConvNeXt init. Everything else (blocks, layer scale, drop path, head, init) is timm's.
+    """
+
+    def __init__(self, stem_stride=1, **kwargs):
+        super().__init__(patch_size=1, **kwargs)
+        patch = self.stem[0]
+        self.stem[0] = nn.Conv2d(patch.in_channels, patch.out_channels, 3, stride=stem_stride, padding=1,
+                                 device=patch.weight.device, dtype=patch.weight.dtype)
+        trunc_normal_(self.stem[0].weight, std=0.02)  # as timm's ConvNeXt init does for every conv
+        nn.init.zeros_(self.stem[0].bias)
+        for info in self.feature_info:
+            info["reduction"] *= stem_stride
+
+
 # Each DNN is sized to within 10% of the parameters of the CNN it is compared with.
 DNN_COUNTERPARTS = {"fer_dnn": "fer_vgg13", "fer_dnn_tiny": "fer_vgg_tiny"}
 
@@ -133,6 +157,8 @@ default_cfgs = generate_default_cfgs({
     "fer_resnet_tiny": _cfg(),
     "fer_dnn": _cfg(),
     "fer_dnn_tiny": _cfg(),
+    "fer_convnext": _cfg(first_conv="stem.0", classifier="head.fc"),
+    "fer_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
 })
 
 
@@ -140,6 +166,12 @@ def _create(cls, variant, pretrained=False, **kwargs):
     if pretrained:
         raise ValueError(f"{variant} has no pretrained weights: fer_kaggle trains from scratch")
     return build_model_with_cfg(cls, variant, pretrained=False, **kwargs)
+
+
+def _create_convnext(variant, pretrained=False, **kwargs):
+    # feature_cfg as timm's own ConvNeXt, so features_only=True works too
+    return _create(FerConvNeXt, variant, pretrained,
+                   feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
 
 
 @register_model
@@ -181,3 +213,22 @@ def fer_dnn(pretrained=False, **kwargs):
 def fer_dnn_tiny(pretrained=False, **kwargs):
     """Fully-connected 2304-120-60-7 (0.28M params, as fer_vgg_tiny)."""
     return _create(FerDnn, "fer_dnn_tiny", pretrained, **{"hidden": (120, 60), **kwargs})
+
+
+@register_model
+def fer_convnext(pretrained=False, **kwargs):
+    """ConvNeXt with ResNet-18's widths (64-512), ConvNeXt-Pico's depths (2, 2, 6, 2) and a
+    stride-1 3x3 stem: stages at 48, 24, 12, 6 px like fer_resnet18 (8.5M params); drop path 0.1.
+    """
+    return _create_convnext("fer_convnext", pretrained, **{
+        "dims": (64, 128, 256, 512), "depths": (2, 2, 6, 2), "stem_stride": 1,
+        "drop_rate": 0.2, "drop_path_rate": 0.1, **kwargs})
+
+
+@register_model
+def fer_convnext_tiny(pretrained=False, **kwargs):
+    """ConvNeXt at fer_resnet_tiny's size: widths 16-128, one block per stage, stride-2 stem
+    (stages at 24, 12, 6, 3 px; 0.23M params), for CPU demos and tests.
+    """
+    return _create_convnext("fer_convnext_tiny", pretrained, **{
+        "dims": (16, 32, 64, 128), "depths": (1, 1, 1, 1), "stem_stride": 2, "drop_rate": 0.2, **kwargs})
