@@ -19,7 +19,7 @@ class Config:
     # --- optimisation
     epochs: int = 40
     batch_size: int = 128
-    optimizer: str = "sgd"           # sgd (Nesterov, momentum 0.9) | adamw
+    optimizer: str = "sgd"           # sgd (Nesterov, momentum 0.9) | adamw | auto (per backbone: models.py)
     lr: float = 0.1                  # peak learning rate, reached after warm-up, then cosine to 0
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
@@ -67,10 +67,12 @@ PRESETS = {
                    augment="light", tta="flip", pseudo_threshold=0.6),
     # One GPU, the whole run.sh in at most 10 minutes on an H100 (target; see BENCHMARKS.md for what was
     # measured): VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
-    "fast": Config(preset="fast", epochs=30, batch_size=256, lr=0.1, crop=44, tta="ten_crop", compile=True),
+    "fast": Config(preset="fast", epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
+                   compile=True),
     # One GPU, at most 20 minutes: a third family, more epochs, EMA and cutmix.
     "full": Config(preset="full", backbones=("fer_vgg13", "fer_resnet18", "fer_convnext"), epochs=50,
-                   batch_size=256, lr=0.1, crop=44, tta="ten_crop", compile=True, ema=0.999, cutmix=1.0),
+                   batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop", compile=True, ema=0.999,
+                   cutmix=1.0),
 }
 GPU_PRESETS = {"fast", "full"}
 

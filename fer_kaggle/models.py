@@ -144,6 +144,20 @@ class FerConvNeXt(ConvNeXt):
 # Each DNN is sized to within 10% of the parameters of the CNN it is compared with.
 DNN_COUNTERPARTS = {"fer_dnn": "fer_vgg13", "fer_dnn_tiny": "fer_vgg_tiny"}
 
+# `--optimizer auto`: batch-norm nets train well with SGD-Nesterov at the preset's lr; LayerNorm
+# ConvNeXts, as timm trains them, with AdamW (SGD at lr 0.1 jumped to loss 6.9 and stalled on 256 rows).
+AUTO_OPTIMIZERS = {
+    "fer_convnext": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
+    "fer_convnext_tiny": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
+}
+
+
+def unit_config(cfg, backbone):
+    """`cfg` with `--optimizer auto` resolved for `backbone` (SGD unless AUTO_OPTIMIZERS says otherwise)."""
+    if cfg.optimizer != "auto":
+        return cfg
+    return cfg.replace(**AUTO_OPTIMIZERS.get(backbone, {"optimizer": "sgd"}))
+
 
 def _cfg(**kwargs):
     return {"input_size": (1, 48, 48), "num_classes": 7, "mean": (0.5,), "std": (0.25,),

@@ -58,7 +58,8 @@ def build_parser():
     parser.add_argument("--image-size", type=int, help="resize faces to this side (default 48, their own)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=["sgd", "adamw"])
+    parser.add_argument("--optimizer", choices=["sgd", "adamw", "auto"], help="auto: AdamW (lr 2e-3, wd 0.05) "
+                        "for ConvNeXt, SGD-Nesterov for the batch-norm nets")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-epochs", type=float)

@@ -29,6 +29,7 @@ from .config import TRAINING_FIELDS
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
 from .gpu_augment import BatchAugment
+from .models import unit_config
 from .tta import predict_views
 
 
@@ -108,17 +109,17 @@ def _optimizer(cfg, model):
     raise FerKaggleError(f"unknown optimizer '{cfg.optimizer}'; choose sgd or adamw")
 
 
-def _check_config(unit, unit_dir, unit_config):
+def _check_config(unit, unit_dir, settings):
     """Write the unit's config, or check that a resumed unit was started with the same one."""
     path = unit_dir / "config.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        changed = [k for k in TRAINING_FIELDS if saved.get(k) != unit_config.get(k)]
+        changed = [k for k in TRAINING_FIELDS if saved.get(k) != settings.get(k)]
         if changed:
             was = ", ".join(f"{k}={saved.get(k)}" for k in changed)
             raise FerKaggleError(f"{unit.name} was started with {was}; finish it with the same options, "
                                  f"or delete {unit_dir} to retrain it")
-    write_json(path, unit_config)
+    write_json(path, settings)
 
 
 def _save_pipeline(pipeline, path):
@@ -220,6 +221,7 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
     if is_finished(unit_dir):
         return json.loads((unit_dir / "metrics.json").read_text())
     unit_dir.mkdir(parents=True, exist_ok=True)
+    cfg = unit_config(cfg, unit.backbone)
     mean, std = augment.normalize_stats(data.train_images, cfg.normalize)
     train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
     eval_pipe = augment.eval_pipeline(mean, std, cfg.image_size)
@@ -314,6 +316,7 @@ class Step:
 
 def make_step(cfg, backbone, device, steps_per_epoch, hard_labels):
     """A fresh model (from torch's current seed) with its optimizer, schedule, EMA and loss weights."""
+    cfg = unit_config(cfg, backbone)
     model = build_model(backbone, device)
     optimizer = _optimizer(cfg, model)
     ema = recipe.make_ema(model, cfg.ema)

@@ -94,3 +94,15 @@ def test_convnext_tiny_learns_real_faces(demo_train):
         optimizer.step()
     after = loss()
     assert after < 0.8 * before, (before, after)  # 1.95 -> 1.38 with seed 0
+
+
+def test_auto_optimizer_is_adamw_for_convnext_and_sgd_for_batch_norm_nets():
+    from fer_kaggle.config import PRESETS
+    from fer_kaggle.models import unit_config
+    cfg = PRESETS["full"]
+    assert cfg.optimizer == "auto"
+    convnext = unit_config(cfg, "fer_convnext")
+    assert (convnext.optimizer, convnext.lr, convnext.weight_decay) == ("adamw", 2e-3, 0.05)
+    vgg = unit_config(cfg, "fer_vgg13")
+    assert (vgg.optimizer, vgg.lr, vgg.weight_decay) == ("sgd", cfg.lr, cfg.weight_decay)
+    assert unit_config(PRESETS["demo"], "fer_convnext_tiny") == PRESETS["demo"], "an explicit optimizer is kept"
