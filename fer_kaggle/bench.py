@@ -1,6 +1,7 @@
 """Benchmarks that print figures (never timed tests).
 
     python -m fer_kaggle.bench [train] [--preset full] [--backbones A,B] [--device auto]
+    python -m fer_kaggle.bench recipe TRAIN_CSV [--preset demo] [--backbone B] [--epochs 8] [--rows 10000]
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
 
 train (the default): for each backbone, training images/s with the real data pipeline
@@ -10,6 +11,9 @@ device, the best real figure's ratio to it (below 1: the model waits for data), 
 images/s with the preset's TTA, and the time of one epoch of the full FER2013 train set
 (28,709 rows) on one fold split. On a CPU it times a few steps (minutes in all).
 
+recipe: one backbone on one fold, once per recipe element switched on (or off) alone
+against the preset as the base, printing each variant's OOF accuracy and its difference.
+
 parse: our reader against the obvious pandas + per-row `np.fromstring`, and the
 cached load that a resumed run uses instead (with the bundled 400-row test file as its test).
 """
@@ -18,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +31,7 @@ import torch
 
 from . import augment, inputs, recipe
 from .config import PRESETS
-from .data import read_train
+from .data import fingerprint, read_train
 from .train import loader_workers, make_batches, make_step, resolve_device
 from .tta import predict_views, views
 
@@ -140,6 +145,46 @@ def bench_train(cfg, train_path, steps):
               f"{best / synthetic:>10.2f} {infer:>12,.0f} {n_views:>9} {epoch_rows / best:>8.1f}", flush=True)
 
 
+RECIPE_VARIANTS = {  # one element changed from the base per row; the base is the preset as given
+    "base": {},
+    "mixup 0.4": {"mixup": 0.4},
+    "cutmix 1.0": {"cutmix": 1.0},
+    "EMA 0.999": {"ema": 0.999},
+    "one-cycle": {"schedule": "onecycle"},
+    "class balance 0.5": {"class_balance": 0.5},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "no random erasing": {"erase": 0.0},
+    "light augmentation": {"augment": "light"},
+    "crop 44 + ten-crop TTA": {"crop": 44, "tta": "ten_crop"},
+}
+
+
+def bench_recipe(cfg, train_path, rows, fold, workdir, variants):
+    """OOF accuracy of one backbone on one fold for each recipe element switched on (or off) alone."""
+    from .folds import make_or_load_folds
+    from .train import Unit, UnitData, train_unit
+    device = resolve_device(cfg.device)
+    images, labels = read_train(train_path)
+    images, labels = images[:rows], labels[:rows]
+    train_fingerprint = f"{fingerprint(train_path)}-{rows}"
+    folds, _ = make_or_load_folds(workdir, images, labels, train_fingerprint, cfg.folds, cfg.seed)
+    inside, valid = folds != fold, np.flatnonzero(folds == fold)
+    data = UnitData(images[inside], labels[inside], valid, images[valid], labels[valid],
+                    np.arange(1), images[:1])
+    backbone = cfg.backbones[0]
+    print(f"recipe elements: {backbone}, fold {fold} of {cfg.folds} ({len(valid)} held-out rows) of the first "
+          f"{len(labels)} rows of {train_path}, preset {cfg.preset}, {cfg.epochs} epochs, on {_device_name(device)}")
+    print(f"{'variant':<24} {'OOF acc':>8} {'vs base':>8} {'logit TTA':>10} {'no TTA':>7} {'minutes':>8}")
+    base = None
+    for name in variants:
+        unit = Unit(0, backbone, fold, "recipe_" + name.replace(" ", "_").replace("+", "and"))
+        metrics = train_unit(cfg.replace(**RECIPE_VARIANTS[name]), unit, workdir, data, device)
+        base = metrics["valid_acc"] if base is None else base
+        print(f"{name:<24} {metrics['valid_acc']:>8.4f} {metrics['valid_acc'] - base:>+8.4f} "
+              f"{metrics['valid_acc_logit']:>10.4f} {metrics['valid_acc_plain']:>7.4f} "
+              f"{metrics['train_seconds'] / 60:>8.1f}", flush=True)
+
+
 def _device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -159,12 +204,30 @@ def main(argv=None):
         target.add_argument("--train", default=str(inputs.DEMO_TRAIN), help="real rows to train on "
                             "(default: the bundled 2,400-row sample)")
         target.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    recipe_parser = sub.add_parser("recipe", help="OOF effect of each recipe element, one fold, one backbone")
+    recipe_parser.add_argument("train", help="a train CSV (label,feature or emotion,pixels)")
+    recipe_parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    recipe_parser.add_argument("--backbone", default="fer_resnet_tiny")
+    recipe_parser.add_argument("--epochs", type=int, default=8)
+    recipe_parser.add_argument("--augment", choices=augment.AUGMENT_LEVELS, default="full")
+    recipe_parser.add_argument("--rows", type=int, default=10_000, help="use the first ROWS rows")
+    recipe_parser.add_argument("--fold", type=int, default=0)
+    recipe_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    recipe_parser.add_argument("--workdir", type=Path, default=Path("folds/recipe"),
+                               help="where the units live (a re-run skips finished ones)")
+    recipe_parser.add_argument("--variants", type=lambda text: text.split(","), default=list(RECIPE_VARIANTS),
+                               help=f"comma-separated, from: {', '.join(RECIPE_VARIANTS)}")
     parse = sub.add_parser("parse", help="CSV parsing speed")
     parse.add_argument("train", help="a label,feature train CSV (.csv, .gz or .xz)")
     parse.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
+        return 0
+    if args.bench == "recipe":
+        cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,
+                                           augment=args.augment, pseudo=False)
+        bench_recipe(cfg, args.train, args.rows, args.fold, args.workdir, args.variants)
         return 0
     cfg = PRESETS[args.preset].replace(device=args.device)
     if args.backbones:

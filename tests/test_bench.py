@@ -1,0 +1,34 @@
+"""The benchmarks print their tables with real figures (the figures themselves are not asserted:
+speed is checked by reading the bench, never by timed tests)."""
+import re
+
+from fer_kaggle import bench
+from fer_kaggle.inputs import DEMO_TRAIN
+
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def test_train_bench_prints_a_row_per_backbone(capsys):
+    assert bench.main(["train", "--preset", "demo", "--steps", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "host" in out and "device" in out and "synthetic" in out and "epoch s" in out
+    for backbone in ("fer_vgg_tiny", "fer_resnet_tiny"):
+        row = re.search(rf"^{backbone}\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+2\s+"
+                        rf"({NUMBER})$", out, re.MULTILINE)
+        assert row, out
+        host, device, synthetic, ratio, infer, epoch = (float(v.replace(",", "")) for v in row.groups())
+        assert min(host, device, synthetic, infer) > 0
+        assert abs(ratio - max(host, device) / synthetic) < 0.01 + 0.01 * ratio
+        assert epoch > 0
+
+
+def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
+    args = ["recipe", str(DEMO_TRAIN), "--epochs", "1", "--rows", "300", "--workdir", str(tmp_path),
+            "--variants", "base,EMA 0.999", "--device", "cpu"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(rf"^(base|EMA 0\.999)\s+({NUMBER})\s+([+-]{NUMBER})", out, re.MULTILINE)
+    assert [name for name, *_ in rows] == ["base", "EMA 0.999"] and rows[0][2] == "+0.0000"
+    assert sorted(p.name for p in (tmp_path / "ablation").iterdir()) == ["recipe_EMA_0.999", "recipe_base"]
+    assert bench.main(args) == 0, "a re-run reads the finished units"
+    assert capsys.readouterr().out.count("epoch 1/1") == 0
