@@ -1,6 +1,6 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m fer_kaggle.bench [train] [--preset full] [--backbones A,B] [--device auto]
+    python -m fer_kaggle.bench [train] [--preset full|fast|demo] [--backbones A,B] [--device auto]
     python -m fer_kaggle.bench recipe TRAIN_CSV [--preset demo] [--backbone B] [--epochs 8] [--rows 10000]
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
 
@@ -9,7 +9,8 @@ train (the default): for each backbone, training images/s with the real data pip
 DataLoader workers and batched on the device, and with synthetic batches already on the
 device, the best real figure's ratio to it (below 1: the model waits for data), inference
 images/s with the preset's TTA, and the time of one epoch of the full FER2013 train set
-(28,709 rows) on one fold split. On a CPU it times a few steps (minutes in all).
+(28,709 rows) on one fold split. On a CPU it times a few steps of the demo preset by default
+(under a minute; `--preset full` there takes several minutes: its models are GPU-sized).
 
 recipe: one backbone on one fold, once per recipe element switched on (or off) alone
 against the preset as the base, printing each variant's OOF accuracy and its difference.
@@ -108,13 +109,14 @@ def bench_backbone(cfg, backbone, images, labels, device, steps):
     pipeline = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
     torch.manual_seed(cfg.seed)
     step = make_step(cfg, backbone, device, len(images) // cfg.batch_size, labels)
+    side = cfg.crop or cfg.image_size
+    fake = (torch.randn(cfg.batch_size, 1, side, side, device=device),
+            torch.as_tensor(targets[:cfg.batch_size], device=device))
+    _timed_steps(step, iter(lambda: fake, None), 2, device)  # kernel selection and compilation, untimed
     real = {}
     for where in ("host", "device"):
         batches = make_batches(cfg.replace(augment_on=where), images, targets, pipeline, device)
         real[where] = _timed_steps(step, _endless(batches), steps, device)
-    side = cfg.crop or cfg.image_size
-    fake = (torch.randn(cfg.batch_size, 1, side, side, device=device),
-            torch.as_tensor(targets[:cfg.batch_size], device=device))
     synthetic = _timed_steps(step, iter(lambda: fake, None), steps, device)
     eval_images = augment.to_tensor(images[:steps * cfg.batch_size], augment.eval_pipeline(mean, std, cfg.image_size))
     for _ in range(2):  # the second pass is timed: the first pays for kernel selection at these shapes
@@ -196,11 +198,11 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="bench")
     train = sub.add_parser("train", help="training and inference speed per backbone (the default)")
     for target in (parser, train):
-        target.add_argument("--preset", choices=sorted(PRESETS), default="full")
+        target.add_argument("--preset", choices=sorted(PRESETS), help="default: full on CUDA, demo on a CPU")
         target.add_argument("--backbones", type=lambda text: tuple(text.split(",")))
         target.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         target.add_argument("--steps", type=int, help="timed training steps per backbone (default: 30 on "
-                            "CUDA, 3 on a CPU)")
+                            "CUDA, 8 on a CPU)")
         target.add_argument("--train", default=str(inputs.DEMO_TRAIN), help="real rows to train on "
                             "(default: the bundled 2,400-row sample)")
         target.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -229,15 +231,15 @@ def main(argv=None):
                                            augment=args.augment, pseudo=False)
         bench_recipe(cfg, args.train, args.rows, args.fold, args.workdir, args.variants)
         return 0
-    cfg = PRESETS[args.preset].replace(device=args.device)
+    on_cuda = resolve_device(args.device).type == "cuda"
+    cfg = PRESETS[args.preset or ("full" if on_cuda else "demo")].replace(device=args.device)
     if args.backbones:
         cfg = cfg.replace(backbones=args.backbones)
     if args.compile is not None:
         cfg = cfg.replace(compile=args.compile)
-    on_cuda = resolve_device(cfg.device).type == "cuda"
     if not on_cuda and args.compile is None:
         cfg = cfg.replace(compile=False)  # compiling on a 2-core CPU costs more than the few steps timed
-    bench_train(cfg, args.train, args.steps or (30 if on_cuda else 3))
+    bench_train(cfg, args.train, args.steps or (30 if on_cuda else 8))
     return 0
 
 
