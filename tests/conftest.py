@@ -30,3 +30,62 @@ def small_unit_data(demo_train, demo_test):
     ids, test_images = demo_test
     valid = np.arange(300, 400)
     return UnitData(images[:300], labels[:300], valid, images[valid], labels[valid], ids[:60], test_images[:60])
+
+
+# ---------------------------------------------------------------- a finished run (inference, export, predict)
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, demo_train, demo_test):
+    """(workdir, test images) of a tiny finished run: 2 models x 2 folds and its ensemble.json.
+
+    round0/fer_vgg_tiny predicts with flip TTA; round0/fer_resnet_tiny is trained on 44 px crops
+    with an EMA of its weights and predicts with ten-crop TTA, so every way a unit can predict is
+    in the run. 300 train and 40 test rows of the demo sample; amp off, so the saved test.npz
+    probabilities are float32 like the inference module's. 4 epochs at a high learning rate overfit
+    the 150 rows of a fold: the probabilities are far from uniform (mean top probability 0.56-0.89,
+    flip changes them by up to 0.27), so a preprocessing slip is seen (after 1 epoch every face got
+    about 1/7 of each class, and a missing flip changed them by 5e-5).
+    """
+    import torch
+
+    from fer_kaggle import ensemble
+    from fer_kaggle.config import PRESETS
+    from fer_kaggle.folds import make_or_load_folds
+    from fer_kaggle.train import Unit, UnitData, train_unit
+
+    tmp = tmp_path_factory.mktemp("finished_run")
+    workdir = tmp / "run"
+    images, labels = demo_train[0][:300], demo_train[1][:300]
+    ids, test_images = demo_test[0][:40], demo_test[1][:40]
+    cfg = PRESETS["demo"].replace(folds=2, epochs=4, lr=2e-2, warmup_epochs=0.3, amp="off", tta="flip",
+                                  device="cpu")
+    configs = {"fer_vgg_tiny": cfg, "fer_resnet_tiny": cfg.replace(crop=44, tta="ten_crop", ema=0.9)}
+    folds, _ = make_or_load_folds(workdir, images, labels, "finished-run-fixture", cfg.folds, cfg.seed)
+    for backbone, unit_cfg in configs.items():
+        for fold in range(cfg.folds):
+            valid = np.flatnonzero(folds == fold)
+            data = UnitData(images[folds != fold], labels[folds != fold], valid, images[valid], labels[valid],
+                            ids, test_images)
+            train_unit(unit_cfg, Unit(0, backbone, fold), workdir, data, torch.device("cpu"))
+    ensemble.run(workdir, tmp / "submissions")
+    return workdir, test_images
+
+
+@pytest.fixture(scope="session")
+def finished_run_blend(finished_run):
+    """The run's kept blend of its test probabilities, computed from its files alone: each model's mean
+    over folds of test.npz "probs" or "probs_logit" (its kept TTA space), weighted as ensemble.json says."""
+    import json
+
+    workdir, _ = finished_run
+    summary = json.loads((workdir / "ensemble.json").read_text())
+    n_folds = json.loads((workdir / "folds.json").read_text())["folds"]
+    models = []
+    for name, scores in summary["models"].items():
+        key = {"prob": "probs", "logit": "probs_logit"}[scores["tta_space"]]
+        folds = []
+        for k in range(n_folds):
+            with np.load(workdir / name / f"fold{k}" / "test.npz") as saved:
+                folds.append(saved[key])
+        models.append(np.mean(folds, axis=0))
+    return np.tensordot(np.asarray(summary["blends"][summary["kept"]]["weights"]), np.stack(models), axes=1)
