@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path, save_csv
 from .data import CLASS_NAMES, IMAGE_SIZE
 from .errors import FerKaggleError
+from .folders import IMAGE_SUFFIXES
 from .inference import load_ensemble
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm")
 
 # OpenCV's own frontal-face Haar cascade, from the opencv-python(-headless) wheel: nothing is
 # downloaded. OpenCV 5's wheels no longer ship the cascades (cv2.data is gone), which is why

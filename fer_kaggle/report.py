@@ -364,8 +364,9 @@ def heldout_section(run):
     section = Section("10. Held-out test accuracy")
     scores = heldout.load_scores(run.workdir)
     if scores is None:
-        section.text("Not in this run: its test data carried no labels. fer2013.csv, icml_face_data.csv "
-                     "(PublicTest and PrivateTest rows) and a test folder of class folders carry them.")
+        section.text("None: this run's test data carried no labels, as a competition's test file should. "
+                     "fer2013.csv, icml_face_data.csv (PublicTest and PrivateTest rows) and a test folder of "
+                     "class folders carry them.")
         return section
     section.text(f"**Not used for any choice.** These labels came with the input file. They were read once, "
                  f"after every choice was made on OOF accuracy and the submission ({scores['submission']}) "

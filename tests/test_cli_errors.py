@@ -254,5 +254,5 @@ def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypat
                  "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "preset 'gpu' trains" in err and "hours" in err and "--preset demo" in err
+    assert "preset 'full' trains" in err and "hours" in err and "--preset demo" in err
     assert not (tmp_path / "w" / "round0").exists() and not (tmp_path / "out.csv").exists()

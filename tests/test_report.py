@@ -19,7 +19,8 @@ from fer_kaggle.data import CLASS_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
-            "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble"]
+            "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
+            "10. Held-out test accuracy"]
 
 
 def _head(name, rows, path):
@@ -105,11 +106,12 @@ def test_dnn_and_ablation_tables(built):
 def test_missing_parts_are_named(tmp_path):
     train, test = _head("train.csv.xz", 300, tmp_path / "train.csv"), _head("test.csv.xz", 40, tmp_path / "t.csv")
     cfg = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), folds=2, epochs=1, pseudo=False)
-    pipeline.run(cfg, train, test, None, tmp_path / "run", tmp_path / "subs")
+    pipeline.run(cfg, inputs.resolve([train, test]), None, tmp_path / "run", tmp_path / "subs")
     assert report.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert markdown.count("Not in this run") == 3  # DNN, ablations, pseudo-labelling
     assert "## 9. Ensemble" in markdown
+    assert "## 10. Held-out test accuracy\n\nNone: this run's test data carried no labels" in markdown
 
 
 def test_no_run_is_a_clear_error(tmp_path, capsys):
