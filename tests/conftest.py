@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fer_kaggle.data import read_test, read_train
 
@@ -89,3 +90,28 @@ def finished_run_blend(finished_run):
                 folds.append(saved[key])
         models.append(np.mean(folds, axis=0))
     return np.tensordot(np.asarray(summary["blends"][summary["kept"]]["weights"]), np.stack(models), axes=1)
+
+
+@pytest.fixture
+def interrupt_then_resume(monkeypatch):
+    """fn(cfg, unit, workdir, data, device): train a unit with a Ctrl-C in its second epoch (checked to
+    leave it unfinished), then the same call again, to the end."""
+    from fer_kaggle import train
+
+    def run(cfg, unit, workdir, data, device):
+        real_epoch, calls = train._train_epoch, []
+
+        def interrupt_second_epoch(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real_epoch(*args, **kwargs)
+
+        monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.train_unit(cfg, unit, workdir, data, device)
+        assert not (unit.dir(workdir) / "metrics.json").exists()
+        assert torch.load(unit.dir(workdir) / "checkpoint.pt", weights_only=True)["epoch"] == 1
+        monkeypatch.setattr(train, "_train_epoch", real_epoch)
+        return train.train_unit(cfg, unit, workdir, data, device)
+    return run

@@ -98,24 +98,6 @@ def soft_unit_data(small_unit_data):
     return UnitData(d.train_images, targets, d.valid_rows, d.valid_images, d.valid_labels, d.test_ids, d.test_images)
 
 
-def _interrupt_then_resume(cfg, unit, workdir, data, monkeypatch):
-    """Train `unit` with a Ctrl-C in its second epoch, then run it again to the end."""
-    real_epoch, calls = train._train_epoch, []
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_unit(cfg, unit, workdir, data, CPU)
-    assert not (unit.dir(workdir) / "metrics.json").exists()
-    monkeypatch.setattr(train, "_train_epoch", real_epoch)
-    train_unit(cfg, unit, workdir, data, CPU)
-
-
 def _files(unit_dir):
     history = pd.read_csv(unit_dir / "history.csv").drop(columns="seconds")
     with np.load(unit_dir / "oof.npz") as oof, np.load(unit_dir / "test.npz") as test:
@@ -123,14 +105,14 @@ def _files(unit_dir):
     return history, arrays
 
 
-def test_unit_with_every_recipe_element_resumes_identically(tmp_path, soft_unit_data, monkeypatch):
+def test_unit_with_every_recipe_element_resumes_identically(tmp_path, soft_unit_data, interrupt_then_resume):
     unit = Unit(0, "fer_vgg_tiny", 0)
     metrics = train_unit(EVERYTHING, unit, tmp_path / "straight", soft_unit_data, CPU)
     assert metrics["tta"] == "ten_crop" and {"valid_acc", "valid_acc_logit", "valid_acc_plain"} <= set(metrics)
     state = torch.load(unit.dir(tmp_path / "straight") / "checkpoint.pt", weights_only=True)
     assert "ema" in state and state["crop"] == 40
 
-    _interrupt_then_resume(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, monkeypatch)
+    interrupt_then_resume(EVERYTHING, unit, tmp_path / "resumed", soft_unit_data, CPU)
     history, arrays = _files(unit.dir(tmp_path / "straight"))
     history2, arrays2 = _files(unit.dir(tmp_path / "resumed"))
     pd.testing.assert_frame_equal(history, history2)
@@ -151,7 +133,7 @@ def test_time_limit_stops_after_an_epoch_and_a_rerun_finishes(tmp_path, small_un
     assert metrics["epochs"] == 3
 
 
-def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small_unit_data, monkeypatch):
+def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small_unit_data, interrupt_then_resume):
     """--augment-on device (the GPU path, here on the CPU): same order of rows as the host path, and a
     resumed unit gives the same files as an uninterrupted one."""
     cfg = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, augment="full",
@@ -169,7 +151,7 @@ def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small
 
     unit = Unit(0, "fer_vgg_tiny", 0)
     train_unit(cfg, unit, tmp_path / "straight", small_unit_data, CPU)
-    _interrupt_then_resume(cfg, unit, tmp_path / "resumed", small_unit_data, monkeypatch)
+    interrupt_then_resume(cfg, unit, tmp_path / "resumed", small_unit_data, CPU)
     _, arrays = _files(unit.dir(tmp_path / "straight"))
     _, arrays2 = _files(unit.dir(tmp_path / "resumed"))
     for name in arrays:

@@ -44,24 +44,10 @@ def test_unit_writes_its_files(tmp_path, small_unit_data):
     assert [type(t).__name__ for t in pipeline.transforms][-2:] == ["Normalize", "ToTensorV2"]
 
 
-def test_interrupted_unit_resumes_to_the_same_files(tmp_path, small_unit_data, monkeypatch):
+def test_interrupted_unit_resumes_to_the_same_files(tmp_path, small_unit_data, interrupt_then_resume):
     train_unit(CFG, UNIT, tmp_path / "straight", small_unit_data, CPU)
-    real_epoch, calls = train._train_epoch, []
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_unit(CFG, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+    interrupt_then_resume(CFG, UNIT, tmp_path / "resumed", small_unit_data, CPU)
     resumed_dir = UNIT.dir(tmp_path / "resumed")
-    assert not (resumed_dir / "metrics.json").exists()
-    assert torch.load(resumed_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(train, "_train_epoch", real_epoch)
-    train_unit(CFG, UNIT, tmp_path / "resumed", small_unit_data, CPU)
 
     history, arrays, weights = _outputs(UNIT.dir(tmp_path / "straight"))
     history2, arrays2, weights2 = _outputs(resumed_dir)
