@@ -298,7 +298,8 @@ class Step:
         cfg = self.cfg
         images, mixed = recipe.mix_batch(images, batch_targets, cfg.mixup, cfg.cutmix, cfg.mix_prob)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = (self.forward or self.model)(images.contiguous(memory_format=torch.channels_last))
+            network = self.model if self.forward is None else self.forward  # a compiled module has no truth value
+            logits = network(images.contiguous(memory_format=torch.channels_last))
         loss = recipe.loss(logits, mixed, cfg.label_smoothing, self.weights)
         if not torch.isfinite(loss):
             return loss, logits

@@ -161,3 +161,18 @@ def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small
 def _pipeline(cfg):
     from fer_kaggle import augment
     return augment.train_pipeline(0.5, 0.25, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
+
+
+def test_compiled_step_trains_the_model_it_saves():
+    """--compile (on in the GPU presets): the compiled forward updates the very weights that are saved."""
+    cfg = PRESETS["demo"].replace(compile=True, amp="off")
+    torch.manual_seed(0)
+    step = train.make_step(cfg, "fer_resnet_tiny", CPU, steps_per_epoch=4, hard_labels=np.arange(7))
+    assert step.forward is not None
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    images, targets = torch.randn(8, 1, 48, 48), torch.eye(7)[torch.arange(8) % 7]
+    for _ in range(2):
+        loss, logits = step(images, targets)
+        assert torch.isfinite(loss) and logits.shape == (8, 7)
+    changed = [k for k, v in step.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, "the saved model's weights did not move"
