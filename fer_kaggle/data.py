@@ -257,6 +257,16 @@ def _parse_usage(path, number, text):
     raise FerKaggleError(f"{path}: line {number}: Usage '{usage}' is not one of {', '.join(USAGES)}")
 
 
+def detect_form(path, role="any", option=None):
+    """The CsvForm of a CSV, from its header alone (nothing else is parsed)."""
+    path = _existing_file(path)
+    lines = _lines(path)
+    try:
+        return _match_form(path, _read_header(path, lines), role, option)
+    finally:
+        lines.close()
+
+
 @dataclass
 class Table:
     """The parsed rows of one FER2013 CSV; columns the form lacks are None."""

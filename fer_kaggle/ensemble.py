@@ -49,23 +49,25 @@ def log_loss(probs, labels):
 SPACE_KEYS = {"prob": "probs", "logit": "probs_logit"}  # how the unit files name each TTA average
 
 
-def _read_folds(model_dir, n_rows, n_folds, key):
-    """(OOF, mean test) probabilities saved under `key` by every fold, and the test ids; None if absent."""
-    oof = np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32)
-    tests, ids = [], None
+def _read_folds(model_dir, n_rows, n_folds):
+    """({key: (OOF, mean test) probabilities} for every key all folds saved, test ids), one read per file."""
+    keys = [*SPACE_KEYS.values(), "probs_plain"]
+    oofs = {key: np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32) for key in keys}
+    tests, ids = {key: [] for key in keys}, None
     for fold in range(n_folds):
         with np.load(model_dir / f"fold{fold}" / "oof.npz") as saved:
-            if key not in saved.files:
-                return None
-            oof[saved["rows"]] = saved[key]
+            keys = [key for key in keys if key in saved.files]  # units from before logit averaging lack one
+            for key in keys:
+                oofs[key][saved["rows"]] = saved[key]
         with np.load(model_dir / f"fold{fold}" / "test.npz") as saved:
             if ids is not None and not np.array_equal(ids, saved["ids"]):
                 raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
             ids = saved["ids"]
-            tests.append(saved[key])
-    if np.isnan(oof).any():
+            for key in keys:
+                tests[key].append(saved[key])
+    if np.isnan(oofs["probs_plain"]).any():
         raise FerKaggleError(f"{model_dir}: its folds do not cover every train row; delete it and retrain")
-    return oof, np.mean(tests, axis=0), ids
+    return {key: (oofs[key], np.mean(tests[key], axis=0)) for key in keys}, ids
 
 
 def load_model_dir(model_dir, n_rows, n_folds, labels=None):
@@ -73,14 +75,13 @@ def load_model_dir(model_dir, n_rows, n_folds, labels=None):
 
     With `labels`, the TTA average (probability or logit space) with the higher OOF accuracy is used.
     """
-    by_space = {space: found for space, key in SPACE_KEYS.items()
-                if (found := _read_folds(model_dir, n_rows, n_folds, key)) is not None}
+    saved, ids = _read_folds(model_dir, n_rows, n_folds)
+    by_space = {space: saved[key] for space, key in SPACE_KEYS.items() if key in saved}
     space = "prob"
     if labels is not None:
         space = max(by_space, key=lambda name: (accuracy(by_space[name][0], labels), name == "prob"))
-    oof, test, ids = by_space[space]
-    oof_plain = _read_folds(model_dir, n_rows, n_folds, "probs_plain")[0]
-    return oof, oof_plain, test, ids, space, {name: found[0] for name, found in by_space.items()}
+    oof, test = by_space[space]
+    return oof, saved["probs_plain"][0], test, ids, space, {name: found[0] for name, found in by_space.items()}
 
 
 def load_models(workdir):

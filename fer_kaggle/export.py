@@ -16,7 +16,6 @@ import inspect
 import statistics
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from .atomic import atomic_path
 from .data import read_test
 from .errors import FerKaggleError
 from .inference import load_ensemble
+from .inputs import DEMO_TEST
 from .tta import TTA_CHOICES
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
@@ -77,7 +77,7 @@ def run_images(workdir, count=None):
                 array = saved[name]
                 if array.dtype == np.uint8 and array.shape[1:] == (48, 48):
                     return array[:count], f"the run's test file ({caches[-1]})"
-    _, images = read_test(Path(resources.files("fer_kaggle") / "demo_data" / "test.csv.xz"))
+    _, images = read_test(DEMO_TEST)
     return images[:count], "the bundled FER2013 test sample"
 
 

@@ -156,9 +156,10 @@ def read_test_folder(folder):
     """
     folder = Path(folder)
     classes = _class_folders(folder, "test") if _has_class_folders(folder) else {}
-    if classes and _loose_images(folder, classes):
-        raise FerKaggleError(f"{_loose_images(folder, classes)[0]}: the test folder mixes images with class "
-                             f"folders; put every image in a class folder, or none")
+    loose = _loose_images(folder, classes) if classes else []
+    if loose:
+        raise FerKaggleError(f"{loose[0]}: the test folder mixes images with class folders; put every image "
+                             f"in a class folder, or none")
     paths, skipped = image_files(folder)
     if not paths:
         raise FerKaggleError(f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")

@@ -51,16 +51,6 @@ class Inputs:
     train_fingerprint: str     # ties the run folder's folds to this train data
 
 
-def _csv_form(path, role, option):
-    """Recognise a CSV by its header alone (no parse)."""
-    path = data._existing_file(path)
-    lines = data._lines(path)
-    try:
-        return data._match_form(path, data._read_header(path, lines), role, option)
-    finally:
-        lines.close()
-
-
 ONE_PATH_FORMS = ("with two paths (DATA OUT), DATA must be fer2013.csv, icml_face_data.csv or a folder holding "
                   "train/ and test/ image folders; for separate train and test files give TRAIN TEST OUT")
 
@@ -87,8 +77,8 @@ def resolve(paths, option=None):
     if option in ("fer2013", "icml"):
         raise FerKaggleError(f"--format {option}: that form is one file; give it alone: bash run.sh "
                              f"{train.name} OUT")
-    _csv_form(train, "train", option)
-    _csv_form(test, "test", option)
+    data.detect_form(train, "train", option)
+    data.detect_form(test, "test", option)
     return Source("csv", train, test, option)
 
 
@@ -102,7 +92,7 @@ def _resolve_one(path, option):
         return Source("folders", *split, option)
     if option in ("competition", "kaggle", "folders"):
         raise FerKaggleError(f"{path}: --format {option}: {ONE_PATH_FORMS}")
-    form = _csv_form(path, "any", option)
+    form = data.detect_form(path, "any", option)
     if form.role != "both":
         raise FerKaggleError(f"{path}: a {form.name} file ('{form.header()}'); {ONE_PATH_FORMS}")
     return Source("combined", path, path, option)
@@ -121,10 +111,9 @@ def _cache_save(path, arrays):
 
 def load(source, cache_dir):
     """Parse `source` (or read its cache): returns (Inputs, log lines)."""
-    if source.kind == "folders":
-        train_fp, test_fp = folders.fingerprint(source.train), folders.fingerprint(source.test)
-    else:
-        train_fp, test_fp = data.fingerprint(source.train), data.fingerprint(source.test)
+    fingerprint = folders.fingerprint if source.kind == "folders" else data.fingerprint
+    train_fp = fingerprint(source.train)
+    test_fp = train_fp if source.kind == "combined" else fingerprint(source.test)  # one file: hashed once
     train_cache = data.cache_path(cache_dir, "train", train_fp)
     test_cache = data.cache_path(cache_dir, "test", test_fp)
     log = []

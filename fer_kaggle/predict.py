@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path, save_csv
 from .data import CLASS_NAMES, IMAGE_SIZE
 from .errors import FerKaggleError
-from .folders import IMAGE_SUFFIXES
+from .folders import IMAGE_SUFFIXES, image_files
 from .inference import load_ensemble
 
 
@@ -79,12 +79,8 @@ def find_images(paths, skip=None):
         if path.is_file():
             found.append((path, Path(path.name)))
         elif path.is_dir():
-            for file in sorted(path.rglob("*")):
-                relative = file.relative_to(path)
-                if (file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
-                        and not any(part.startswith(".") for part in relative.parts)
-                        and not (skip is not None and file.resolve().is_relative_to(skip))):
-                    found.append((file, relative))
+            found += [(file, file.relative_to(path)) for file in image_files(path)[0]
+                      if skip is None or not file.resolve().is_relative_to(skip)]
         else:
             raise FerKaggleError(f"{path}: no such file or folder")
     if not found:

@@ -177,21 +177,21 @@ class DeviceBatches:
         self.images = torch.as_tensor(images).to(device)
         self.targets = torch.as_tensor(targets).to(device)
         self.augment = BatchAugment.from_pipeline(pipeline, images.shape[-1])
-        self.batch_size, self.device, self.epoch_seed = cfg.batch_size, device, 0
+        self.sampler = augment.EpochSampler(len(images), cfg.batch_size)  # the host path's order and seeds
+        self.batch_size, self.device = cfg.batch_size, device
         self.generator = torch.Generator(device=device)
-        self.count = len(images) // self.batch_size if len(images) > self.batch_size else 1
+        self.count = len(images) // self.batch_size if len(images) > self.batch_size else 1  # drop_last
 
     def set_epoch_seed(self, seed):
-        self.epoch_seed = seed
+        self.sampler.set_epoch_seed(seed)
 
     def __iter__(self):
-        rng = np.random.default_rng(self.epoch_seed)  # the same order as HostBatches' sampler
-        order = torch.as_tensor(rng.permutation(len(self.images)), device=self.device)
-        batch_seeds = rng.integers(0, 2**31, size=self.count)
-        for number in range(self.count):
-            rows = order[number * self.batch_size:(number + 1) * self.batch_size]
-            self.generator.manual_seed(int(batch_seeds[number]))
-            yield self.augment(self.images[rows], self.generator), self.targets[rows]
+        rows, seeds = (np.asarray(column) for column in zip(*self.sampler))
+        order = torch.as_tensor(rows, device=self.device)
+        for start in range(0, self.count * self.batch_size, self.batch_size):
+            self.generator.manual_seed(int(seeds[start]))
+            batch = order[start:start + self.batch_size]
+            yield self.augment(self.images[batch], self.generator), self.targets[batch]
 
     def __len__(self):
         return self.count

@@ -28,9 +28,6 @@ def views(tta, crop=0):
     return [(flip, offset) for flip in flips for offset in offsets]
 
 
-VIEWS = {name: views(name) for name in ("none", "flip", "flip_shift")}  # the views of a model without --crop
-
-
 def view(batch, flip, offset, crop=0, ten_crop=False):
     """One view of an (N, C, H, W) batch: optional horizontal flip, then a shift or a crop window."""
     if flip:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fer_kaggle.train import build_model
-from fer_kaggle.tta import VIEWS, average, predict_views, view, views
+from fer_kaggle.tta import average, predict_views, view, views
 
 
 @pytest.mark.parametrize("tta, count", [("none", 1), ("flip", 2), ("flip_shift", 10)])
@@ -24,7 +24,7 @@ def test_views_flip_and_shift():
     shifted = view(batch, False, (0, 2))
     assert shifted.shape == batch.shape
     assert torch.equal(shifted[..., :, :46], batch[..., :, 2:])  # content moves left by 2 px
-    assert len(VIEWS["flip_shift"]) == len(set(VIEWS["flip_shift"])) == 10
+    assert len(views("flip_shift")) == len(set(views("flip_shift"))) == 10
 
 
 def test_unknown_tta_is_refused():
