@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import augment, inputs, recipe
 from .config import PRESETS
 from .data import fingerprint, read_train
-from .train import loader_workers, make_batches, make_step, resolve_device
+from .train import autocast_dtype, loader_workers, make_batches, make_step, resolve_device
 from .tta import predict_views, views
 
 FER2013_TRAIN_ROWS = 28_709
@@ -102,14 +103,41 @@ def _endless(batches, seed=0):
         seed += 1
 
 
+def training_flops_per_image(step, side):
+    """FLOPs of one training step (forward and backward, as torch's FlopCounterMode counts them), per image."""
+    images = torch.randn(2, 1, side, side, device=step.device).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.autocast(step.device.type, dtype=step.amp_dtype,
+                                                                   enabled=step.amp_dtype is not None):
+        step.model(images).float().sum().backward()
+    step.model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(images)
+
+
+def peak_gflops(device, dtype, side=2048, repeats=5):
+    """GFLOP/s of a large square matmul in the training dtype on `device`: this machine's practical limit."""
+    a = torch.randn(side, side, device=device, dtype=dtype)
+    b = torch.randn(side, side, device=device, dtype=dtype)
+    torch.mm(a, b)  # untimed: kernel selection
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        seconds.append(time.perf_counter() - started)
+    return 2 * side ** 3 / statistics.median(seconds) / 1e9
+
+
 def bench_backbone(cfg, backbone, images, labels, device, steps):
-    """({augmentation path: real images/s}, synthetic images/s, inference images/s) of one backbone."""
+    """({augmentation path: real images/s}, synthetic images/s, inference images/s, training FLOPs per image)
+    of one backbone."""
     targets = recipe.targets(labels)
     mean, std = augment.normalize_stats(images)
     pipeline = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
     torch.manual_seed(cfg.seed)
     step = make_step(cfg, backbone, device, len(images) // cfg.batch_size, labels)
     side = cfg.crop or cfg.image_size
+    flops = training_flops_per_image(step, side)
     fake = (torch.randn(cfg.batch_size, 1, side, side, device=device),
             torch.as_tensor(targets[:cfg.batch_size], device=device))
     _timed_steps(step, iter(lambda: fake, None), 2, device)  # kernel selection and compilation, untimed
@@ -124,7 +152,7 @@ def bench_backbone(cfg, backbone, images, labels, device, steps):
         started = time.perf_counter()
         predict_views(step.model, eval_images, cfg.tta, device, amp_dtype=step.amp_dtype, crop=cfg.crop)
         _sync(device)
-    return real, synthetic, len(eval_images) / (time.perf_counter() - started)
+    return real, synthetic, len(eval_images) / (time.perf_counter() - started), flops
 
 
 def bench_train(cfg, train_path, steps):
@@ -133,18 +161,24 @@ def bench_train(cfg, train_path, steps):
     n_views = len(views(cfg.tta, cfg.crop))
     epoch_rows = FER2013_TRAIN_ROWS * (cfg.folds - 1) / cfg.folds
     workers = loader_workers(cfg, device)
+    dtype = autocast_dtype(cfg.amp, device) or torch.float32
+    peak = peak_gflops(device, dtype)
     print(f"train speed, preset {cfg.preset} on {_device_name(device)}: batch {cfg.batch_size}, {steps} timed steps, "
           f"augment {cfg.augment}, crop {cfg.crop or 'off'}, compile {cfg.compile}, amp {cfg.amp}; "
           f"real rows from {train_path}")
     print(f"training images/s with the real pipeline: albumentations in {workers} DataLoader workers (host), "
           f"or batched on the device (device); synthetic: random batches already on the device")
+    print(f"peak: a 2048x2048 {str(dtype).removeprefix('torch.')} matmul runs at {peak:,.0f} GFLOP/s here; "
+          f"GFLOP/s is training FLOPs per image times the best real images/s")
     print(f"{'backbone':<18} {'host':>9} {'device':>9} {'synthetic':>10} {'best/synth':>10} "
-          f"{'infer img/s':>12} {'TTA views':>9} {'epoch s':>8}")
+          f"{'infer img/s':>12} {'TTA views':>9} {'epoch s':>8} {'MFLOP/img':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for backbone in cfg.backbones:
-        real, synthetic, infer = bench_backbone(cfg, backbone, images, labels, device, steps)
+        real, synthetic, infer, flops = bench_backbone(cfg, backbone, images, labels, device, steps)
         best = max(real.values())
+        achieved = flops * best / 1e9
         print(f"{backbone:<18} {real['host']:>9,.0f} {real['device']:>9,.0f} {synthetic:>10,.0f} "
-              f"{best / synthetic:>10.2f} {infer:>12,.0f} {n_views:>9} {epoch_rows / best:>8.1f}", flush=True)
+              f"{best / synthetic:>10.2f} {infer:>12,.0f} {n_views:>9} {epoch_rows / best:>8.1f} "
+              f"{flops / 1e6:>10,.0f} {achieved:>8,.0f} {achieved / peak:>8.2f}", flush=True)
 
 
 RECIPE_VARIANTS = {  # one element changed from the base per row; the base is the preset as given

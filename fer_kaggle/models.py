@@ -171,6 +171,9 @@ default_cfgs = generate_default_cfgs({
     "fer_resnet_tiny": _cfg(),
     "fer_dnn": _cfg(),
     "fer_dnn_tiny": _cfg(),
+    "fer_resnet_cpu": _cfg(),
+    "fer_resnet_cpu2": _cfg(),
+    "fer_vgg_cpu": _cfg(),
     "fer_convnext": _cfg(first_conv="stem.0", classifier="head.fc"),
     "fer_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
 })
@@ -215,6 +218,28 @@ def fer_resnet_tiny(pretrained=False, **kwargs):
     """
     return _create(FerResNet, "fer_resnet_tiny", pretrained,
                    **{"widths": (16, 32, 64, 128), "blocks": (1, 1, 1, 1), "stem_stride": 2, **kwargs})
+
+
+@register_model
+def fer_resnet_cpu(pretrained=False, **kwargs):
+    """CPU-sized ResNet: widths 32-256 (multiples of 32: oneDNN's bf16 kernels run them fastest),
+    one block per stage, stride-2 stem (48 -> 24 -> 3 px); 1.2M params, 0.21 GFLOP per training image."""
+    return _create(FerResNet, "fer_resnet_cpu", pretrained,
+                   **{"widths": (32, 64, 128, 256), "blocks": (1, 1, 1, 1), "stem_stride": 2, **kwargs})
+
+
+@register_model
+def fer_resnet_cpu2(pretrained=False, **kwargs):
+    """fer_resnet_cpu with two blocks per stage (2.8M params, 0.47 GFLOP per training image)."""
+    return _create(FerResNet, "fer_resnet_cpu2", pretrained,
+                   **{"widths": (32, 64, 128, 256), "blocks": (2, 2, 2, 2), "stem_stride": 2, **kwargs})
+
+
+@register_model
+def fer_vgg_cpu(pretrained=False, **kwargs):
+    """CPU-sized VGG: thin where the maps are large, wide where they are small (16, 48, 128, 256);
+    1.1M params, 0.50 GFLOP per training image."""
+    return _create(FerVgg, "fer_vgg_cpu", pretrained, **{"widths": (16, 48, 128, 256), **kwargs})
 
 
 @register_model

@@ -9,6 +9,7 @@ skips finished units and resumes an interrupted one from its last finished epoch
 """
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 
 from . import ensemble, heldout, inputs, pseudo, recipe, tta
 from .config import GPU_PRESETS, PRESETS, Config
+from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS
@@ -44,8 +46,8 @@ def build_parser():
                         "train/ and test/), or nothing for the bundled demo; CSVs may be .gz or .xz")
     parser.add_argument("--format", choices=inputs.FORMATS, help="insist on one input form instead of "
                         "recognising it")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: gpu; "
-                        "demo without files)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: full "
+                        "where a CUDA device is present, cpu where not, demo without files)")
     parser.add_argument("--workdir", type=Path, help="run folder for folds, units and cache (default: folds, "
                         "folds/demo for the demo)")
     parser.add_argument("--submissions", type=Path, default=HOME / "submissions",
@@ -83,20 +85,37 @@ def build_parser():
     parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
     _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
     _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
-    parser.add_argument("--pseudo-threshold", type=float, help="minimum ensemble probability for a pseudo-label")
+    parser.add_argument("--pseudo-threshold", type=float, help="minimum teachers' probability for a pseudo-label, as a share of the highest "
+                        "probability a model trained with --label-smoothing can output (0.9: 90%% of it)")
     _bool_flag(parser, "pseudo-soft", "train on the teachers' probabilities instead of their labels")
     parser.add_argument("--report", type=Path, help="also write the analysis report (index.html, report.md) here")
     _bool_flag(parser, "ablation", "also train the report's ablations: no normalisation, no augmentation, a DNN")
     return parser
 
 
+def cuda_available():
+    """The one place the automatic preset looks for a GPU (tests replace it: no GPU needed to test both)."""
+    return torch.cuda.is_available()
+
+
+def choose_preset(asked, demo, cuda):
+    """(preset, why): --preset if given; else demo without files, full with a CUDA device, cpu without."""
+    if asked:
+        return asked, "--preset"
+    if demo:
+        return "demo", "no data files: the bundled sample"
+    if cuda:
+        return "full", "chosen automatically: a CUDA device is present; --preset overrides"
+    return "cpu", "chosen automatically: no CUDA device here; --preset overrides"
+
+
 def resolve(args):
-    """(config, data source, out, workdir) from the parsed command line."""
+    """(config, data source, out, workdir, why this preset) from the parsed command line."""
     demo = not args.paths
     if len(args.paths) not in (0, 2, 3):
         raise FerKaggleError(f"got {len(args.paths)} paths: give TRAIN TEST OUT, or DATA OUT (fer2013.csv, "
                              f"icml_face_data.csv, or a folder with train/ and test/), or none for the demo")
-    preset = args.preset or ("demo" if demo else "full")
+    preset, why = choose_preset(args.preset, demo, cuda_available())
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if getattr(args, f.name, None) is not None and f.name != "preset"}
     cfg = PRESETS[preset].replace(**overrides)
@@ -123,7 +142,7 @@ def resolve(args):
         check_out_path(out)
         source = inputs.resolve(data_paths, args.format)
     workdir = args.workdir or HOME / ("folds/demo" if demo else "folds")
-    return cfg, source, out, workdir
+    return cfg, source, out, workdir, why
 
 
 def estimate_cpu_hours(cfg, n_train, device):
@@ -196,10 +215,30 @@ def _train_ablations(cfg, workdir, device, deadline, *arrays):
         _train_units(variant_cfg, units, workdir, device, deadline, *arrays)
 
 
+def set_aside_old_demo(workdir):
+    """Move a demo run folder made from an earlier bundled sample to `<workdir>-<its fingerprint>`.
+
+    The bundled sample is ours, not the user's: when a new release redraws it, `bash run.sh`
+    must still just work, and the old run is kept rather than deleted.
+    """
+    meta_path = Path(workdir) / "folds.json"
+    if not meta_path.exists():
+        return None
+    old = json.loads(meta_path.read_text())["train_fingerprint"]
+    if old == file_fingerprint(inputs.DEMO_TRAIN):
+        return None
+    aside = Path(workdir).with_name(f"{Path(workdir).name}-{old[:12]}")
+    Path(workdir).rename(aside)
+    print(f"{workdir} held a demo run on an earlier bundled sample: moved to {aside}; starting afresh")
+    return aside
+
+
 def run(cfg, source, out, workdir, submissions, report_dir=None):
     started = time.perf_counter()
     deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
     device = resolve_device(cfg.device)
+    if source.train == inputs.DEMO_TRAIN:
+        set_aside_old_demo(workdir)
     print(f"reading {source.describe()}")
     data, log = inputs.load(source, workdir / "cache")
     for line in log:
@@ -210,7 +249,7 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
         hours, images = estimate_cpu_hours(cfg, len(train_y), device)
         raise FerKaggleError(
             f"preset '{cfg.preset}' trains {images / 1e6:.1f}M images; on this CPU that takes about "
-            f"{hours:.0f} hours. Run it on a GPU, pick --preset demo for a run of minutes, "
+            f"{hours:.0f} hours. Run it on a GPU, pick --preset cpu (the preset for a machine without a GPU), "
             f"or add --device cpu to run it here anyway")
 
     folds, meta = make_or_load_folds(workdir, train_x, train_y, data.train_fingerprint, cfg.folds, cfg.seed)
@@ -224,8 +263,12 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
     if cfg.pseudo:
         models, labels = ensemble.load_models(workdir)
         before = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round0/")], labels)
-        table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cfg.pseudo_threshold)
-        print(f"pseudo-labels (probability >= {cfg.pseudo_threshold}) added per class and fold:")
+        cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
+        table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cut)
+        print(f"pseudo-labels: teachers' mean probability >= {cut:.3f} ({cfg.pseudo_threshold} of the "
+              f"{pseudo.probability_ceiling(cfg.label_smoothing):.3f} a model trained with label smoothing "
+              f"{cfg.label_smoothing} can reach): {len(table) / cfg.folds:.0f} of {len(test_ids)} test images "
+              f"per fold on average; added per class and fold:")
         print(pseudo.counts_per_class(table, cfg.folds).to_string())
         _train_units(cfg, _round_units(cfg, 1), workdir, device, deadline, *arrays, table)
         models, _ = ensemble.load_models(workdir)
@@ -253,7 +296,8 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        cfg, source, out, workdir = resolve(args)
+        cfg, source, out, workdir, why = resolve(args)
+        print(f"preset {cfg.preset} ({why})")
         run(cfg, source, out, workdir, args.submissions, args.report)
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -251,8 +251,8 @@ def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypat
     from fer_kaggle.pipeline import main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
-                 "--workdir", str(tmp_path / "w")])
+                 "--preset", "full", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "preset 'full' trains" in err and "hours" in err and "--preset demo" in err
+    assert "preset 'full' trains" in err and "hours" in err and "--preset cpu" in err
     assert not (tmp_path / "w" / "round0").exists() and not (tmp_path / "out.csv").exists()

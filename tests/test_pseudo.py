@@ -40,3 +40,39 @@ def test_teachers_are_averaged(tmp_path):
     save_npz(tmp_path / "round0/b/fold0/test.npz", ids=ids, probs=unsure)
     _, mean = pseudo.teacher_probs(tmp_path, ["a", "b"], 0)
     assert np.allclose(mean, (sure + unsure) / 2)
+
+
+def test_ceiling_is_what_a_model_fitted_with_label_smoothing_outputs():
+    """Logits fitted to smoothed one-hot targets converge to the ceiling, not to 1."""
+    import torch
+    from fer_kaggle import recipe
+    for smoothing in (0.0, 0.1, 0.2):
+        logits = torch.zeros(1, 7, requires_grad=True)
+        optimizer = torch.optim.SGD([logits], lr=5.0)
+        target = torch.as_tensor(recipe.targets([3]))
+        for _ in range(2000 if smoothing else 200):
+            optimizer.zero_grad()
+            recipe.loss(logits, target, smoothing).backward()
+            optimizer.step()
+        top = float(logits.detach().softmax(-1)[0, 3])
+        ceiling = pseudo.probability_ceiling(smoothing)
+        if smoothing:
+            assert abs(top - ceiling) < 1e-3, (smoothing, top, ceiling)
+        else:
+            assert top > 0.99 and ceiling == 1.0
+
+
+def test_threshold_means_the_same_share_under_any_label_smoothing():
+    """A teacher at 95% of its ceiling passes --pseudo-threshold 0.9 whatever the smoothing; 0.9 as an
+    absolute probability would admit nothing from a teacher trained with smoothing 0.2 (ceiling 0.829)."""
+    for smoothing in (0.0, 0.1, 0.2, 0.3):
+        ceiling = pseudo.probability_ceiling(smoothing)
+        probs = np.full((2, 7), 0.0, dtype=np.float32)
+        probs[0, 4] = 0.95 * ceiling   # confident for this smoothing
+        probs[1, 4] = 0.85 * ceiling   # not
+        probs[:, 0] = 1 - probs[:, 4]
+        chosen, labels, _ = pseudo.select(probs, pseudo.absolute_threshold(0.9, smoothing))
+        assert chosen.tolist() == [0] and labels.tolist() == [4], smoothing
+    assert pseudo.absolute_threshold(0.9, 0.0) == 0.9
+    assert abs(pseudo.absolute_threshold(0.9, 0.1) - 0.9 * (0.9 + 0.1 / 7)) < 1e-12
+    assert pseudo.select(np.array([[0.829, 0.171, 0, 0, 0, 0, 0]]), 0.9)[0].size == 0
