@@ -2,4 +2,5 @@ import sys
 
 from .pipeline import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: a spawned unit worker (executor.LocalPool) imports this module too
+    sys.exit(main())

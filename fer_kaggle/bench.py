@@ -3,6 +3,7 @@
     python -m fer_kaggle.bench [train] [--preset full|fast|demo] [--backbones A,B] [--device auto]
     python -m fer_kaggle.bench recipe TRAIN_CSV [--preset demo] [--backbone B] [--epochs 8] [--rows 10000]
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
+    python -m fer_kaggle.bench tree -- COMMAND...   wall time and the process tree's peak memory
 
 train (the default): for each backbone, training images/s with the real data pipeline
 (the preset's augmentation, batches and recipe on real rows), both with albumentations in
@@ -13,7 +14,11 @@ images/s with the preset's TTA, and the time of one epoch of the full FER2013 tr
 (under a minute; `--preset full` there takes several minutes: its models are GPU-sized).
 
 recipe: one backbone on one fold, once per recipe element switched on (or off) alone
-against the preset as the base, printing each variant's OOF accuracy and its difference.
+against the preset as the base (`--set KEY=VALUE` changes the base), printing each variant's
+OOF accuracy and its difference.
+
+tree: runs a command (e.g. the whole `bash run.sh ...`) and prints its wall time and the peak
+memory of its whole process tree, parent and workers together (PSS, sampled twice a second).
 
 parse: our reader against the obvious pandas + per-row `np.fromstring`, and the
 cached load that a resumed run uses instead (with the bundled 400-row test file as its test).
@@ -32,7 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import augment, inputs, recipe
-from .config import PRESETS
+from .config import PRESETS, Config
 from .data import fingerprint, read_train
 from .train import autocast_dtype, loader_workers, make_batches, make_step, resolve_device
 from .tta import predict_views, views
@@ -192,7 +197,23 @@ RECIPE_VARIANTS = {  # one element changed from the base per row; the base is th
     "no random erasing": {"erase": 0.0},
     "light augmentation": {"augment": "light"},
     "crop 44 + ten-crop TTA": {"crop": 44, "tta": "ten_crop"},
+    "SGD-Nesterov 0.1": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 2.0},
 }
+
+
+def parse_setting(text):
+    """`KEY=VALUE` -> (Config field, value of the field's type), e.g. `epochs=30`, `backbones=a,b`."""
+    key, _, value = text.partition("=")
+    key = key.replace("-", "_")
+    defaults = Config()
+    if not hasattr(defaults, key) or not value:
+        raise argparse.ArgumentTypeError(f"'{text}': give KEY=VALUE with a Config field as KEY")
+    kind = type(getattr(defaults, key))
+    if kind is tuple:
+        return key, tuple(value.split(","))
+    if kind is bool:
+        return key, value.lower() in ("1", "true", "yes", "on")
+    return key, kind(value)
 
 
 def bench_recipe(cfg, train_path, rows, fold, workdir, variants):
@@ -219,6 +240,51 @@ def bench_recipe(cfg, train_path, rows, fold, workdir, variants):
         print(f"{name:<24} {metrics['valid_acc']:>8.4f} {metrics['valid_acc'] - base:>+8.4f} "
               f"{metrics['valid_acc_logit']:>10.4f} {metrics['valid_acc_plain']:>7.4f} "
               f"{metrics['train_seconds'] / 60:>8.1f}", flush=True)
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+def _tree_memory(root):
+    """(PSS, RSS) in bytes summed over `root` and its descendants (Linux /proc). PSS shares each page
+    among the processes that map it, so it is the tree's real footprint; RSS counts shared pages twice."""
+    pss = rss = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += _children(pid)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+        except OSError:
+            continue  # the process ended between the listing and the read
+    return pss, rss
+
+
+def bench_tree(command, interval=0.5):
+    """Run `command`; print its wall time and the peak memory of its whole process tree (sampled)."""
+    import subprocess
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    peak_pss = peak_rss = 0
+    while process.poll() is None:
+        pss, rss = _tree_memory(process.pid)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        time.sleep(interval)
+    wall = time.perf_counter() - started
+    print(f"tree: exit status {process.returncode}, wall {wall:.0f} s ({wall / 60:.1f} min), peak memory of the "
+          f"process tree {peak_pss / 2**30:.2f} GiB PSS ({peak_rss / 2**30:.2f} GiB RSS summed), "
+          f"sampled every {interval} s", flush=True)
+    return process.returncode
 
 
 def _device_name(device):
@@ -251,18 +317,27 @@ def main(argv=None):
     recipe_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     recipe_parser.add_argument("--workdir", type=Path, default=Path("folds/recipe"),
                                help="where the units live (a re-run skips finished ones)")
+    recipe_parser.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                               help="change the base (every variant) from the preset, e.g. --set batch_size=128")
     recipe_parser.add_argument("--variants", type=lambda text: text.split(","), default=list(RECIPE_VARIANTS),
                                help=f"comma-separated, from: {', '.join(RECIPE_VARIANTS)}")
+    tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
+    tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     parse = sub.add_parser("parse", help="CSV parsing speed")
     parse.add_argument("train", help="a label,feature train CSV (.csv, .gz or .xz)")
     parse.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.bench == "tree":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("tree: give the command to run after --")
+        return bench_tree(command)
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
         return 0
     if args.bench == "recipe":
         cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,
-                                           augment=args.augment, pseudo=False)
+                                           augment=args.augment, pseudo=False).replace(**dict(args.set))
         bench_recipe(cfg, args.train, args.rows, args.fold, args.workdir, args.variants)
         return 0
     on_cuda = resolve_device(args.device).type == "cuda"

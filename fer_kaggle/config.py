@@ -38,10 +38,13 @@ class Config:
     normalize: bool = True           # False: pixels/255 instead of (pixels - mean) / std (ablation)
     augment_on: str = "auto"         # device (batched on the GPU, gpu_augment) | host (albumentations in
                                      # DataLoader workers) | auto: device on CUDA, host on a CPU
+    parallel_units: int = 1          # units trained side by side on a CPU, in local processes (executor.py)
     workers: int = -1                # DataLoader workers of the host path; -1: none on CPU, up to 8 on CUDA
     amp: str = "auto"                # auto (bf16 where the device runs it natively) | bf16 | off
     compile: bool = False            # torch.compile the training model (pays on CUDA for long runs)
     time_limit: float = 0.0          # minutes; stop cleanly after the epoch that passes it, resume on re-run
+    monitor_rows: int = 0            # held-out rows checked after each epoch for the curves (0: the whole fold);
+                                     # the unit's OOF predictions always cover the whole fold
     # --- inference
     tta: str = "flip_shift"          # none | flip | flip_shift (flip x 5 two-pixel shifts) | ten_crop (--crop)
     # --- pseudo-labelling
@@ -70,7 +73,7 @@ PRESETS = {
     # the albumentations pipeline's transforms batched in torch (gpu_augment), 5x cheaper on a CPU too.
     "cpu": Config(preset="cpu", backbones=("fer_resnet_cpu", "fer_vgg_cpu"), folds=3, epochs=30, batch_size=128,
                   optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0, augment="full",
-                  augment_on="device", tta="flip", pseudo=False),
+                  augment_on="device", parallel_units=2, monitor_rows=2000, tta="flip", pseudo=False),
     # One GPU, the whole run.sh in at most 10 minutes on an H100 (target; see BENCHMARKS.md for what was
     # measured): VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
     "fast": Config(preset="fast", epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",

@@ -23,6 +23,7 @@ from . import ensemble, heldout, inputs, pseudo, recipe, tta
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
+from .executor import Job, make_executor
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS
 from .submit import check_out_path
@@ -74,12 +75,16 @@ def build_parser():
     parser.add_argument("--class-balance", type=float, help="class loss weights ~ count^-POWER (0: off)")
     parser.add_argument("--erase", type=float, help="probability of random erasing in --augment full")
     parser.add_argument("--crop", type=int, help="train on random CROP x CROP windows, e.g. 44 (0: off)")
+    parser.add_argument("--monitor-rows", type=int, help="held-out rows checked after each epoch for the "
+                        "training curves (0: the whole fold; the OOF predictions always cover it all)")
     parser.add_argument("--tta", choices=tta.TTA_CHOICES, help="test-time views (ten_crop needs --crop)")
     _bool_flag(parser, "compile", "torch.compile the training model")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after the epoch "
                         "that passes this many minutes; run the same command again to continue")
     parser.add_argument("--augment-on", choices=["auto", "device", "host"], help="train-time augmentation "
                         "batched on the device, or albumentations in DataLoader workers (auto: device on CUDA)")
+    parser.add_argument("--parallel-units", type=int, help="units trained side by side in local processes on "
+                        "a CPU, each with cores/N threads (1: one at a time with every core)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the host path (-1: automatic)")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: where native)")
     parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
@@ -178,8 +183,11 @@ def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, ex
 def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds, test_ids, test_x,
                  pseudo_table=None):
     todo = [u for u in units if not is_finished(u.dir(workdir))]
-    print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished")
+    executor = make_executor(cfg.parallel_units, device)
+    print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished"
+          + (f"; training {len(todo)}, {executor.description}" if todo else ""))
     position = {test_id: p for p, test_id in enumerate(test_ids)}
+    jobs = []
     for unit in todo:
         extra_x = extra_y = None
         if pseudo_table is not None:
@@ -187,9 +195,10 @@ def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds,
             extra_x = test_x[[position[i] for i in chosen["id"]]]
             extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
         data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
-        metrics = train_unit(cfg, unit, workdir, data, device, deadline)
-        print(f"{unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
-              f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)")
+        jobs.append(Job(cfg, unit, workdir, data, str(device)))
+    for job, metrics in executor.run(jobs, deadline):
+        print(f"{job.unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
+              f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)", flush=True)
 
 
 def _round_units(cfg, round_):

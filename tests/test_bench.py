@@ -32,3 +32,14 @@ def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "ablation").iterdir()) == ["recipe_EMA_0.999", "recipe_base"]
     assert bench.main(args) == 0, "a re-run reads the finished units"
     assert capsys.readouterr().out.count("epoch 1/1") == 0
+
+
+def test_tree_counts_every_process_of_the_tree(capsys):
+    """Two grandchildren holding 200 MB each at once: the tree's peak is their sum, not one process's."""
+    import sys
+    hold = "import time; block = bytearray(200_000_000); time.sleep(2.5)"
+    command = ["bash", "-c", f"'{sys.executable}' -c '{hold}' & '{sys.executable}' -c '{hold}'; wait"]
+    assert bench.main(["tree", "--", *command]) == 0
+    out = capsys.readouterr().out
+    peak = float(re.search(r"process tree ([\d.]+) GiB PSS", out).group(1))
+    assert peak >= 0.36, out

@@ -106,3 +106,44 @@ def test_auto_optimizer_is_adamw_for_convnext_and_sgd_for_batch_norm_nets():
     vgg = unit_config(cfg, "fer_vgg13")
     assert (vgg.optimizer, vgg.lr, vgg.weight_decay) == ("sgd", cfg.lr, cfg.weight_decay)
     assert unit_config(PRESETS["demo"], "fer_convnext_tiny") == PRESETS["demo"], "an explicit optimizer is kept"
+
+
+# ---------------------------------------------------------------- the cpu preset's backbones
+
+CPU_BACKBONES = {  # name: (parameter range, final feature map at 48 px)
+    "fer_resnet_cpu": ((1.1e6, 1.4e6), (256, 3, 3)),
+    "fer_resnet_cpu2": ((2.6e6, 3.0e6), (256, 3, 3)),
+    "fer_vgg_cpu": ((1.0e6, 1.3e6), (256, 3, 3)),
+}
+
+
+def test_cpu_backbones_are_those_of_the_cpu_preset():
+    from fer_kaggle.config import PRESETS
+    assert set(PRESETS["cpu"].backbones) <= set(CPU_BACKBONES)
+
+
+@pytest.mark.parametrize("name", CPU_BACKBONES)
+def test_cpu_backbone_shape_and_one_training_step(name, demo_train):
+    """Size and final map at 48 px; then the cpu preset's own training step (bf16 autocast where native,
+    channels-last, AdamW, label smoothing) on 128 real faces: the loss is finite, every weight moves,
+    and a few more steps lower the loss on those faces."""
+    from fer_kaggle import recipe
+    from fer_kaggle.config import PRESETS
+    from fer_kaggle.train import make_step
+    (low, high), final_map = CPU_BACKBONES[name]
+    images, labels = demo_train
+    x = ((torch.from_numpy(images[:128]).float().div(255).unsqueeze(1) - 0.5) / 0.25)
+    x = x.contiguous(memory_format=torch.channels_last)
+    targets = torch.as_tensor(recipe.targets(labels[:128]))
+    torch.manual_seed(0)
+    step = make_step(PRESETS["cpu"].replace(lr=3e-3), name, torch.device("cpu"), 20, labels[:128])
+    assert low <= sum(p.numel() for p in step.model.parameters()) <= high
+    assert step.model.forward_features(x[:2]).shape[1:] == final_map
+    before = [p.detach().clone() for p in step.model.parameters()]
+    loss, logits = step(x, targets)
+    assert torch.isfinite(loss) and logits.shape == (128, 7)
+    assert all(not torch.equal(b, p) for b, p in zip(before, step.model.parameters()))
+    first = loss.item()
+    for _ in range(12):
+        loss, _ = step(x, targets)
+    assert loss.item() < 0.85 * first, (first, loss.item())
