@@ -12,14 +12,23 @@ def test_train_bench_prints_a_row_per_backbone(capsys):
     assert bench.main(["train", "--preset", "demo", "--steps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "host" in out and "device" in out and "synthetic" in out and "epoch s" in out
+    peak = float(re.search(rf"matmul runs at ({NUMBER}) GFLOP/s", out).group(1).replace(",", ""))
+    assert peak > 0
+    flops = {}
     for backbone in ("fer_vgg_tiny", "fer_resnet_tiny"):
         row = re.search(rf"^{backbone}\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+2\s+"
-                        rf"({NUMBER})$", out, re.MULTILINE)
+                        rf"({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.MULTILINE)
         assert row, out
-        host, device, synthetic, ratio, infer, epoch = (float(v.replace(",", "")) for v in row.groups())
+        host, device, synthetic, ratio, infer, epoch, mflop, gflops, share = (float(v.replace(",", ""))
+                                                                            for v in row.groups())
         assert min(host, device, synthetic, infer) > 0
         assert abs(ratio - max(host, device) / synthetic) < 0.01 + 0.01 * ratio
         assert epoch > 0
+        assert abs(gflops - mflop * max(host, device) / 1e3) <= 1 + 0.01 * gflops
+        assert abs(share - gflops / peak) <= 0.01 + 0.01 * share
+        flops[backbone] = mflop
+    # forward + backward of the model at 48 px: the VGG's stride-1 stem costs more than the ResNet's stride-2 one
+    assert 100 < flops["fer_vgg_tiny"] < 300 and 20 < flops["fer_resnet_tiny"] < flops["fer_vgg_tiny"]
 
 
 def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
