@@ -52,3 +52,18 @@ def test_tree_counts_every_process_of_the_tree(capsys):
     out = capsys.readouterr().out
     peak = float(re.search(r"process tree ([\d.]+) GiB PSS", out).group(1))
     assert peak >= 0.36, out
+
+
+def test_recipe_set_changes_the_base_with_the_fields_types():
+    import argparse
+
+    import pytest
+    assert bench.parse_setting("batch_size=128") == ("batch_size", 128)
+    assert bench.parse_setting("lr=0.1") == ("lr", 0.1)
+    assert bench.parse_setting("augment-on=device") == ("augment_on", "device")
+    assert bench.parse_setting("backbones=fer_vgg_cpu,fer_resnet_cpu") == ("backbones", ("fer_vgg_cpu",
+                                                                                         "fer_resnet_cpu"))
+    assert bench.parse_setting("pseudo=false") == ("pseudo", False)
+    for bad in ("no_such_field=1", "epochs", "epochs="):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.parse_setting(bad)
