@@ -68,11 +68,12 @@ PRESETS = {
     "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=12,
                    batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
                    augment="light", tta="flip", pseudo_threshold=0.6),
-    # No GPU: the whole run on the full train file within an hour on two cores (BENCHMARKS.md measures it).
-    # CPU-shaped backbones (channel widths that oneDNN's bf16 kernels run fastest), the albumentations
-    # pipeline's transforms batched in torch (gpu_augment: 5x cheaper than per image on a CPU too), 44 px
-    # crops (16% fewer FLOPs, as accurate as 48 px at 30 epochs) with ten-crop TTA, and the per-epoch
-    # check on 2,000 rows. Each choice was measured on one fold of the full train file: BENCHMARKS.md.
+    # No GPU: the whole run on the full train file within an hour on two cores (measured: 50.5 min, OOF
+    # 0.682 on 2 cores; BENCHMARKS.md). CPU-shaped backbones (channel widths that oneDNN's bf16 kernels run
+    # fastest), full augmentation (3.8 points above light at this scale) batched in torch (gpu_augment: 5x
+    # cheaper than albumentations per image, on a CPU too), 44 px crops (16% fewer FLOPs; fer_resnet_cpu was
+    # as accurate as at 48 px) with ten-crop TTA, and the per-epoch check on 2,000 rows. No pseudo-labels:
+    # their round would double the time. Each choice was measured on one fold of the full train file.
     "cpu": Config(preset="cpu", backbones=("fer_vgg_cpu", "fer_resnet_cpu"), folds=3, epochs=40, batch_size=128,
                   optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0, augment="full", crop=44,
                   tta="ten_crop", augment_on="device", monitor_rows=2000, pseudo=False),
