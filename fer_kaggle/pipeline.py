@@ -187,16 +187,18 @@ def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds,
     print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished"
           + (f"; training {len(todo)}, {executor.description}" if todo else ""))
     position = {test_id: p for p, test_id in enumerate(test_ids)}
-    jobs = []
-    for unit in todo:
-        extra_x = extra_y = None
-        if pseudo_table is not None:
-            chosen = pseudo_table[pseudo_table["fold"] == unit.fold]
-            extra_x = test_x[[position[i] for i in chosen["id"]]]
-            extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
-        data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
-        jobs.append(Job(cfg, unit, workdir, data, str(device)))
-    for job, metrics in executor.run(jobs, deadline):
+
+    def jobs():  # one at a time: the sequential loop holds one unit's copy of the arrays, not all of them
+        for unit in todo:
+            extra_x = extra_y = None
+            if pseudo_table is not None:
+                chosen = pseudo_table[pseudo_table["fold"] == unit.fold]
+                extra_x = test_x[[position[i] for i in chosen["id"]]]
+                extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
+            data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
+            yield Job(cfg, unit, workdir, data, str(device))
+
+    for job, metrics in executor.run(jobs(), deadline):
         print(f"{job.unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
               f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)", flush=True)
 

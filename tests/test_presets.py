@@ -45,16 +45,20 @@ def test_cpu_preset_is_cpu_sized():
     assert all(name.endswith("_cpu") or name.endswith("_cpu2") for name in cfg.backbones)
 
 
-def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
-    """The preset's whole pipeline (one epoch, on 2,400 rows): folds, units, TTA, ensemble, submission."""
+@pytest.mark.parametrize("parallel_units", [1, 2])
+def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_path, capsys):
+    """The preset's whole pipeline (one epoch, on 2,400 rows): folds, units (one at a time, or two side by
+    side in the local process pool), TTA, ensemble, submission."""
     out = tmp_path / "out.csv"
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1",
+                          "--parallel-units", str(parallel_units),
                           "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])
     assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id,label" and len(lines) == 401
     printed = capsys.readouterr().out
     assert "ensemble OOF accuracy" in printed
+    assert ("2 units side by side" in printed) == (parallel_units == 2)
     units = sorted(p.parent.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").glob("round*/*/*/metrics.json"))
     cfg = PRESETS["cpu"]
     rounds = (0, 1) if cfg.pseudo else (0,)
