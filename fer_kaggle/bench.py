@@ -123,14 +123,9 @@ def peak_gflops(device, dtype, side=2048, repeats=5):
     a = torch.randn(side, side, device=device, dtype=dtype)
     b = torch.randn(side, side, device=device, dtype=dtype)
     torch.mm(a, b)  # untimed: kernel selection
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        started = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        seconds.append(time.perf_counter() - started)
-    return 2 * side ** 3 / statistics.median(seconds) / 1e9
+    _sync(device)
+    median, *_ = _median_seconds(lambda: (torch.mm(a, b), _sync(device)), repeats)
+    return 2 * side ** 3 / median / 1e9
 
 
 def bench_backbone(cfg, backbone, images, labels, device, steps):

@@ -37,6 +37,12 @@ def assign_folds(labels, groups, n_folds, seed):
     return folds
 
 
+def saved_meta(workdir):
+    """The run folder's `folds.json` (seed, folds, train fingerprint, duplicate counts), or None before its folds."""
+    meta_path = Path(workdir) / "folds.json"
+    return json.loads(meta_path.read_text()) if meta_path.exists() else None
+
+
 def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed):
     """Return the run's fold per row, creating `folds.csv` on the first call.
 
@@ -45,8 +51,8 @@ def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed
     """
     workdir = Path(workdir)
     meta_path, csv_path = workdir / "folds.json", workdir / "folds.csv"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    meta = saved_meta(workdir)
+    if meta is not None:
         _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
         table = pd.read_csv(csv_path)
         return table["fold"].to_numpy(), meta

@@ -9,7 +9,6 @@ skips finished units and resumes an interrupted one from its last finished epoch
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
 from .executor import Job, make_executor
-from .folds import make_or_load_folds
+from .folds import make_or_load_folds, saved_meta
 from .models import DNN_COUNTERPARTS
 from .submit import check_out_path
 from .train import TimeLimitReached, Unit, UnitData, build_model, is_finished, resolve_device, train_unit
@@ -90,8 +89,9 @@ def build_parser():
     parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
     _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
     _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
-    parser.add_argument("--pseudo-threshold", type=float, help="minimum teachers' probability for a pseudo-label, as a share of the highest "
-                        "probability a model trained with --label-smoothing can output (0.9: 90%% of it)")
+    parser.add_argument("--pseudo-threshold", type=float, help="minimum teachers' probability for a "
+                        "pseudo-label, as a share of the highest probability a model trained with "
+                        "--label-smoothing can output (0.9: 90%% of it)")
     _bool_flag(parser, "pseudo-soft", "train on the teachers' probabilities instead of their labels")
     parser.add_argument("--report", type=Path, help="also write the analysis report (index.html, report.md) here")
     _bool_flag(parser, "ablation", "also train the report's ablations: no normalisation, no augmentation, a DNN")
@@ -232,12 +232,10 @@ def set_aside_old_demo(workdir):
     The bundled sample is ours, not the user's: when a new release redraws it, `bash run.sh`
     must still just work, and the old run is kept rather than deleted.
     """
-    meta_path = Path(workdir) / "folds.json"
-    if not meta_path.exists():
+    meta = saved_meta(workdir)
+    if meta is None or meta["train_fingerprint"] == file_fingerprint(inputs.DEMO_TRAIN):
         return None
-    old = json.loads(meta_path.read_text())["train_fingerprint"]
-    if old == file_fingerprint(inputs.DEMO_TRAIN):
-        return None
+    old = meta["train_fingerprint"]
     aside = Path(workdir).with_name(f"{Path(workdir).name}-{old[:12]}")
     Path(workdir).rename(aside)
     print(f"{workdir} held a demo run on an earlier bundled sample: moved to {aside}; starting afresh")

@@ -59,7 +59,8 @@ def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_pa
     printed = capsys.readouterr().out
     assert "ensemble OOF accuracy" in printed
     assert ("2 units side by side" in printed) == (parallel_units == 2)
-    units = sorted(p.parent.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").glob("round*/*/*/metrics.json"))
+    workdir = tmp_path / "w"
+    units = sorted(p.parent.relative_to(workdir).as_posix() for p in workdir.glob("round*/*/*/metrics.json"))
     cfg = PRESETS["cpu"]
     rounds = (0, 1) if cfg.pseudo else (0,)
     assert units == sorted(f"round{r}/{b}/fold{k}" for r in rounds for b in cfg.backbones for k in range(cfg.folds))
