@@ -3,8 +3,10 @@
 #
 #   bash run.sh train.csv test.csv out.csv [options]   train, predict, ensemble, write out.csv
 #   bash run.sh                                        the same on the bundled demo sample (CPU, minutes)
-#   bash run.sh test [pytest options]                  the test suite
-#   bash run.sh --help                                 every option
+#   bash run.sh test [pytest options]                  the test suite (always: a data folder named test
+#                                                      is given as ./test)
+#   bash run.sh ensemble|report|predict|export|bench   the other commands (= fer-kaggle COMMAND)
+#   bash run.sh --help                                 the commands; bash run.sh run --help: every option
 #
 # On first use it creates .venv/ beside this script and installs the package there.
 set -euo pipefail
@@ -21,7 +23,7 @@ setup() {  # $1: what must import, $2: what to install
   "$python" -m pip install --quiet --editable "$2"
 }
 
-if [ "${1:-}" = "test" ] && [ ! -e test ]; then
+if [ "${1:-}" = "test" ]; then
   shift
   setup "fer_kaggle, pytest" "$root[test]"
   cd "$root"

@@ -4,6 +4,7 @@
     python -m fer_kaggle.bench recipe TRAIN_CSV [--preset demo] [--backbone B] [--epochs 8] [--rows 10000]
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
     python -m fer_kaggle.bench tree -- COMMAND...   wall time and the process tree's peak memory
+    python -m fer_kaggle.bench shift TRAIN_CSV TEST_CSV   the shift check on real and shifted copies
 
 train (the default): for each backbone, training images/s with the real data pipeline
 (the preset's augmentation, batches and recipe on real rows), both with albumentations in
@@ -19,6 +20,9 @@ OOF accuracy and its difference.
 
 tree: runs a command (e.g. the whole `bash run.sh ...`) and prints its wall time and the peak
 memory of its whole process tree, parent and workers together (PSS, sampled twice a second).
+
+shift: the train/test shift check (shift.py) on the files as given, and on copies blurred,
+contrast-stretched or split in two halves on purpose: where its thresholds come from.
 
 parse: our reader against the obvious pandas + per-row `np.fromstring`, and the
 cached load that a resumed run uses instead (with the bundled 400-row test file as its test).
@@ -38,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import augment, inputs, recipe
 from .config import PRESETS, Config
-from .data import fingerprint, read_train
+from .data import fingerprint, read_test, read_train
+from .errors import FerKaggleError
 from .train import autocast_dtype, loader_workers, make_batches, make_step, resolve_device
 from .tta import predict_views, views
 
@@ -79,6 +84,44 @@ def bench_parse(path, repeats):
     print(f"{'reader':<34} {'median s':>9} {'min':>7} {'max':>7} {'rows/s':>9} {'vs naive':>9}")
     for name, median, low, high, rate in rows:
         print(f"{name:<34} {median:>9.2f} {low:>7.2f} {high:>7.2f} {rate:>9.0f} {naive[0] / median:>8.2f}x")
+
+
+def blurred(images, sigma):
+    """A copy of uint8 faces under a Gaussian blur of `sigma` pixels (what the old train file had)."""
+    import cv2
+    return np.stack([cv2.GaussianBlur(image, (0, 0), sigma) for image in images])
+
+
+def contrast_stretched(images, gain):
+    """A copy of uint8 faces with their contrast around each face's mean multiplied by `gain`."""
+    x = images.astype(np.float32)
+    mean = x.mean((1, 2), keepdims=True)
+    return np.clip((x - mean) * gain + mean, 0, 255).round().astype(np.uint8)
+
+
+def bench_shift(train_path, test_path):
+    """The shift check on the real files and on copies shifted on purpose: where its thresholds come from."""
+    from . import shift
+    train_x, _ = read_train(train_path)
+    _, test_x = read_test(test_path)
+    halves = np.random.default_rng(2013).permutation(len(train_x))
+    cases = [("real train / real test", train_x, test_x),
+             ("train / test blurred (sigma 1)", train_x, blurred(test_x, 1.0)),
+             ("train / test blurred (sigma 0.5)", train_x, blurred(test_x, 0.5)),
+             ("train blurred (sigma 1.5) / test", blurred(train_x, 1.5), test_x),
+             ("train / test contrast x1.5", train_x, contrast_stretched(test_x, 1.5)),
+             ("train / test contrast x1.2", train_x, contrast_stretched(test_x, 1.2)),
+             ("train half A / train half B", train_x[halves[::2]], train_x[halves[1::2]])]
+    print(f"shift check on {train_path} and {test_path} (thresholds: AUC {shift.WARN_AUC}, effect "
+          f"{shift.WARN_EFFECT})")
+    print(f"{'case':<34} {'bright':>7} {'contr':>7} {'sharp':>7} {'copies':>7} {'AUC':>6} {'s':>5}  warning")
+    for name, train_images, test_images in cases:
+        figures = shift.check_inputs(train_images, test_images)
+        effects = [figures["stats"][stat]["effect"] for stat in shift.STATS]
+        warned = shift.input_warning(figures, "train", "test")
+        print(f"{name:<34} {effects[0]:>+7.2f} {effects[1]:>+7.2f} {effects[2]:>+7.2f} "
+              f"{100 * figures['duplicate_share']:>6.1f}% {figures['adversarial_auc']:>6.3f} "
+              f"{figures['seconds']:>5.1f}  {'yes' if warned else 'no'}", flush=True)
 
 
 def _timed_steps(step, batches, count, device):
@@ -288,8 +331,7 @@ def _device_name(device):
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.bench", description=__doc__.split("\n\n")[0])
+def add_arguments(parser):
     sub = parser.add_subparsers(dest="bench")
     train = sub.add_parser("train", help="training and inference speed per backbone (the default)")
     for target in (parser, train):
@@ -318,15 +360,24 @@ def main(argv=None):
                                help=f"comma-separated, from: {', '.join(RECIPE_VARIANTS)}")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    shift_parser = sub.add_parser("shift", help="the train/test shift check on the real files and shifted copies")
+    shift_parser.add_argument("train", help="a train CSV")
+    shift_parser.add_argument("test", help="a test CSV")
     parse = sub.add_parser("parse", help="CSV parsing speed")
     parse.add_argument("train", help="a label,feature train CSV (.csv, .gz or .xz)")
     parse.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+
+
+def command(args):
+    """`fer-kaggle bench [train|recipe|tree|parse]` (train when no word is given)."""
     if args.bench == "tree":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
-            parser.error("tree: give the command to run after --")
+            raise FerKaggleError("bench tree: give the command to run after --")
         return bench_tree(command)
+    if args.bench == "shift":
+        bench_shift(args.train, args.test)
+        return 0
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
         return 0
@@ -345,6 +396,11 @@ def main(argv=None):
         cfg = cfg.replace(compile=False)  # compiling on a 2-core CPU costs more than the few steps timed
     bench_train(cfg, args.train, args.steps or (30 if on_cuda else 8))
     return 0
+
+
+def main(argv=None):
+    from .cli import main as cli_main
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -4,56 +4,69 @@ Precedence: the dataclass defaults < the chosen preset < options given on the co
 The resolved config is written as `config.json` beside every unit's outputs.
 """
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def setting(default, help, choices=None, metavar=None):
+    """A Config field with its command-line help and choices: cli.py builds every option from these."""
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class Config:
     # --- run
-    preset: str = "full"
-    seed: int = 2013                 # folds, weight init, shuffling and augmentation all derive from it
-    folds: int = 5
-    device: str = "auto"             # auto | cpu | cuda
+    preset: str = setting("full", "bundle of settings")
+    seed: int = setting(2013, "folds, weight init, shuffling and augmentation all derive from it")
+    folds: int = setting(5, "stratified folds (each unit holds one out)")
+    device: str = setting("auto", "where to train (auto: CUDA if present)", ["auto", "cpu", "cuda"])
     # --- models: any timm name that works at 48x48 grayscale, ours are fer_*
-    backbones: tuple = ("fer_vgg13", "fer_resnet18")
+    backbones: tuple = setting(("fer_vgg13", "fer_resnet18"), "comma-separated timm model names, e.g. "
+                               "fer_vgg13,fer_resnet18 (ours: fer_*)")
     # --- optimisation
-    epochs: int = 40
-    batch_size: int = 128
-    optimizer: str = "sgd"           # sgd (Nesterov, momentum 0.9) | adamw | auto (per backbone: models.py)
-    lr: float = 0.1                  # peak learning rate, reached after warm-up, then cosine to 0
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
-    schedule: str = "cosine"         # cosine (linear warm-up, cosine to 0) | onecycle (torch's OneCycleLR)
-    label_smoothing: float = 0.1
-    mixup: float = 0.0               # Beta(alpha, alpha) of mixup; 0: off
-    cutmix: float = 0.0              # Beta(alpha, alpha) of cutmix; 0: off (both on: one of them per batch)
-    mix_prob: float = 0.5            # share of batches mixed when mixup or cutmix is on
-    ema: float = 0.0                 # decay of an exponential moving average of the weights; 0: off
-    class_balance: float = 0.0       # loss weight of a class ~ count^-power (0: off, 0.5: sqrt, 1: inverse)
+    epochs: int = setting(40, "epochs per unit")
+    batch_size: int = setting(128, "images per training step")
+    optimizer: str = setting("sgd", "sgd (Nesterov, momentum 0.9), adamw, or auto: AdamW (lr 2e-3, wd 0.05) for "
+                             "ConvNeXt, SGD for the batch-norm nets", ["sgd", "adamw", "auto"])
+    lr: float = setting(0.1, "peak learning rate, reached after warm-up")
+    weight_decay: float = setting(5e-4, "weight decay")
+    warmup_epochs: float = setting(2.0, "linear warm-up, in epochs")
+    schedule: str = setting("cosine", "after warm-up: cosine to 0, or torch's one-cycle", ["cosine", "onecycle"])
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
+    mixup: float = setting(0.0, "mixup Beta alpha (0: off)")
+    cutmix: float = setting(0.0, "cutmix Beta alpha (0: off; both on: one of them per batch)")
+    mix_prob: float = setting(0.5, "share of batches mixed when mixup or cutmix is on")
+    ema: float = setting(0.0, "EMA decay of the weights, e.g. 0.999 (0: off); predictions use the EMA")
+    class_balance: float = setting(0.0, "class loss weights ~ count^-POWER (0: off, 0.5: sqrt, 1: inverse)")
     # --- data pipeline
-    image_size: int = 48             # faces are resized to this side first (48: FER2013's own)
-    augment: str = "full"            # full | light (flip, small shifts) | none (ablation)
-    erase: float = 0.5               # probability of random erasing (one 8-16 px hole) in `full`
-    crop: int = 0                    # train on random crop x crop windows (e.g. 44), predict the centre; 0: off
-    normalize: bool = True           # False: pixels/255 instead of (pixels - mean) / std (ablation)
-    augment_on: str = "auto"         # device (batched on the GPU, gpu_augment) | host (albumentations in
-                                     # DataLoader workers) | auto: device on CUDA, host on a CPU
-    parallel_units: int = 1          # units trained side by side on a CPU, in local processes (executor.py)
-    workers: int = -1                # DataLoader workers of the host path; -1: none on CPU, up to 8 on CUDA
-    amp: str = "auto"                # auto (bf16 where the device runs it natively) | bf16 | off
-    compile: bool = False            # torch.compile the training model (pays on CUDA for long runs)
-    time_limit: float = 0.0          # minutes; stop cleanly after the epoch that passes it, resume on re-run
-    monitor_rows: int = 0            # held-out rows checked after each epoch for the curves (0: the whole fold);
-                                     # the unit's OOF predictions always cover the whole fold
+    image_size: int = setting(48, "resize faces to this side first (48: FER2013's own)")
+    augment: str = setting("full", "train-time augmentation (none: an ablation)", ["full", "light", "none"])
+    erase: float = setting(0.5, "probability of random erasing (one 8-16 px hole) in --augment full")
+    crop: int = setting(0, "train on random CROP x CROP windows (e.g. 44), predict the centre (0: off)")
+    normalize: bool = setting(True, "normalise by the train pixels' mean and std (off: pixels / 255, an ablation)")
+    augment_on: str = setting("auto", "train-time augmentation batched on the device, or albumentations in "
+                              "DataLoader workers (auto: device on CUDA, host on a CPU)", ["auto", "device", "host"])
+    parallel_units: int = setting(1, "units trained side by side in local processes on a CPU, each with "
+                                  "cores/N threads (1: one at a time with every core)")
+    workers: int = setting(-1, "DataLoader workers of the host path (-1: none on a CPU, up to 8 on CUDA)")
+    amp: str = setting("auto", "bf16 autocast (auto: where the device runs it natively)", ["auto", "bf16", "off"])
+    compile: bool = setting(False, "torch.compile the training model (pays on CUDA for long runs)")
+    time_limit: float = setting(0.0, "stop cleanly after the epoch that passes this many minutes; run the same "
+                                "command again to continue (0: no limit)", metavar="MINUTES")
+    monitor_rows: int = setting(0, "held-out rows checked after each epoch for the curves (0: the whole fold; "
+                                "the OOF predictions always cover it all)")
     # --- inference
-    tta: str = "flip_shift"          # none | flip | flip_shift (flip x 5 two-pixel shifts) | ten_crop (--crop)
+    tta: str = setting("flip_shift", "test-time views: none, flip, flip_shift (flip x 5 two-pixel shifts), "
+                       "ten_crop (needs --crop)", ["none", "flip", "flip_shift", "ten_crop"])
     # --- pseudo-labelling
-    pseudo: bool = True              # a second round with confident test predictions added to training
-    pseudo_threshold: float = 0.9    # minimum ensemble probability for a test image to be added
-    pseudo_soft: bool = False        # train on the teachers' probabilities instead of their argmax
+    pseudo: bool = setting(True, "a second round trained with confident test predictions added")
+    pseudo_threshold: float = setting(0.9, "minimum teachers' probability for a pseudo-label, as a share of the "
+                                      "highest probability a model trained with --label-smoothing can output")
+    pseudo_soft: bool = setting(False, "train on the teachers' probabilities instead of their labels")
+    strict_shift: bool = setting(False, "stop (exit status 2, nothing trained) when the test images differ "
+                                 "materially from the train images, instead of a warning")
     # --- analysis
-    ablation: bool = False           # also train the first backbone without normalisation, without
-                                     # augmentation, and a plain DNN of its size (kept out of the ensemble)
+    ablation: bool = setting(False, "also train the first backbone without normalisation, without "
+                             "augmentation, and a plain DNN of its size (kept out of the ensemble)")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

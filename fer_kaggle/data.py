@@ -350,10 +350,3 @@ def read_combined(path, option=None):
             raise FerKaggleError(f"{path}: has no {what} rows (column Usage); both are needed")
     return (table.images[train], table.labels[train], table.ids[test], table.images[test],
             table.labels[test], table.usage[test])
-
-
-# ---------------------------------------------------------------- cache
-
-def cache_path(cache_dir, kind, file_fingerprint):
-    """Where the parsed arrays of a `kind` ("train" or "test") input with this fingerprint are cached."""
-    return Path(cache_dir) / f"{kind}-{file_fingerprint[:16]}.npz"

@@ -1,17 +1,18 @@
-"""Stage 6: blend every finished model on disk into one submission.
+"""Stage 6: blend the run's finished models into one submission.
 
-    python -m fer_kaggle.ensemble [--workdir folds] [--out out.csv]
+    python -m fer_kaggle.ensemble [--workdir folds] [--out out.csv] [--all]
 
-Reads  `<workdir>/folds.csv` (labels) and every `round<r>/<backbone>/fold<k>/{oof,test}.npz`.
+Reads  `<workdir>/folds.csv` (labels), run.json (the latest run's models) and each model's
+       `round<r>/<backbone>-<key>/fold<k>/{oof,test}.npz`.
 Writes `<workdir>/ensemble.json` (accuracies, weights) and `submissions/<name>.csv`.
 
-A model is a (round, backbone) pair; its OOF probabilities are the union of its
+By default the latest run's own models are blended (those of its settings and backbones); `--all`
+blends every finished model in the folder, whatever settings trained it (legitimate Kaggle practice).
+A model is a (round, backbone, settings) folder; its OOF probabilities are the union of its
 folds' validation predictions and its test probabilities the mean over its folds.
 Weights are fitted on OOF log-loss only, and the mean or the weighted blend is kept,
 whichever has the higher OOF accuracy.
 """
-import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from . import heldout
 from .atomic import write_json
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
+from .runfolder import OOF_FILE, TEST_FILE, RunFolder, backbone_of, is_finished
 from .submit import check_out_path, write_submission
 
 
@@ -55,11 +57,11 @@ def _read_folds(model_dir, n_rows, n_folds):
     oofs = {key: np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32) for key in keys}
     tests, ids = {key: [] for key in keys}, None
     for fold in range(n_folds):
-        with np.load(model_dir / f"fold{fold}" / "oof.npz") as saved:
+        with np.load(model_dir / f"fold{fold}" / OOF_FILE) as saved:
             keys = [key for key in keys if key in saved.files]  # units from before logit averaging lack one
             for key in keys:
                 oofs[key][saved["rows"]] = saved[key]
-        with np.load(model_dir / f"fold{fold}" / "test.npz") as saved:
+        with np.load(model_dir / f"fold{fold}" / TEST_FILE) as saved:
             if ids is not None and not np.array_equal(ids, saved["ids"]):
                 raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
             ids = saved["ids"]
@@ -84,18 +86,18 @@ def load_model_dir(model_dir, n_rows, n_folds, labels=None):
     return oof, saved["probs_plain"][0], test, ids, space, {name: found[0] for name, found in by_space.items()}
 
 
-def load_models(workdir):
-    """Every model whose folds are all finished; the unfinished ones are named on stderr."""
-    workdir = Path(workdir)
-    meta_path = workdir / "folds.json"
-    if not meta_path.exists():
-        raise FerKaggleError(f"{workdir}: no run here (no folds.json); run run.sh first or pass --workdir")
-    n_folds = json.loads(meta_path.read_text())["folds"]
-    labels = pd.read_csv(workdir / "folds.csv")["label"].to_numpy()
+def load_models(workdir, names=None):
+    """The models `names` (e.g. round0/fer_vgg_cpu-1a2b3c4d; None: every model folder) whose folds are all
+    finished, and the train labels; the unfinished ones are named on stderr."""
+    folder = RunFolder(workdir)
+    n_folds = folder.require_run()["folds"]
+    labels = pd.read_csv(folder.folds_csv)["label"].to_numpy()
+    if names is None:
+        names = [f"{d.parent.name}/{d.name}" for d in folder.model_dirs()]
     models = []
-    for model_dir in sorted(workdir.glob("round*/*/")):
-        finished = [k for k in range(n_folds) if (model_dir / f"fold{k}" / "metrics.json").exists()]
-        name = f"{model_dir.parent.name}/{model_dir.name}"
+    for name in names:
+        model_dir = folder.path / name
+        finished = [k for k in range(n_folds) if is_finished(model_dir / f"fold{k}")]
         if len(finished) < n_folds:
             missing = sorted(set(range(n_folds)) - set(finished))
             print(f"left out {name}: fold(s) {missing} not finished (run run.sh again to finish them)",
@@ -103,7 +105,7 @@ def load_models(workdir):
             continue
         models.append(Model(name, *load_model_dir(model_dir, len(labels), n_folds, labels)))
     if not models:
-        raise FerKaggleError(f"{workdir}: no finished model to ensemble; run run.sh first")
+        raise FerKaggleError(f"{workdir}: no finished model to ensemble; run run.sh (again) to finish them")
     ids = models[0].test_ids
     for model in models[1:]:
         if not np.array_equal(model.test_ids, ids):
@@ -155,7 +157,7 @@ def best_oof_accuracy(models, labels):
 
 
 def submission_name(models, kept, oof_acc):
-    backbones = sorted({m.name.split("/")[1] for m in models})
+    backbones = sorted({backbone_of(m.name) for m in models})
     rounds = "pl" if any(m.name.startswith("round1/") for m in models) else "nopl"
     return f"{'+'.join(backbones)}_{rounds}_{kept}_oof{oof_acc:.4f}.csv"
 
@@ -174,9 +176,9 @@ def print_report(result, file=sys.stdout):
         print(f"{'ensemble ' + method:<40} {scores['oof_acc']:>8.4f}   weights {weights}{mark}", file=file)
 
 
-def run(workdir="folds", submissions="submissions", out=None):
-    """Blend what is on disk, write the submission(s); returns (summary, submission path)."""
-    models, labels = load_models(workdir)
+def run(workdir="folds", submissions="submissions", out=None, names=None):
+    """Blend the models `names` (None: every finished one), write the submission(s); (summary, path)."""
+    models, labels = load_models(workdir, names)
     result = ensemble(models, labels)
     print_report(result)
     kept = result["blends"][result["kept"]]
@@ -187,28 +189,42 @@ def run(workdir="folds", submissions="submissions", out=None):
         write_submission(out, ids, predicted)
     summary = {key: value for key, value in result.items() if key != "test_probs"}
     summary["submission"] = str(path)
-    write_json(Path(workdir) / "ensemble.json", summary)
+    write_json(RunFolder(workdir).ensemble_json, summary)
     return summary, path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.ensemble", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="folds", help="the run folder (default: folds)")
-    parser.add_argument("--submissions", default="submissions", help="where to write the named submission")
+def add_arguments(parser):
+    parser.add_argument("--workdir", type=Path, help="the run folder (default: folds or folds/demo, the one "
+                        "finished last)")
+    parser.add_argument("--submissions", type=Path, help="where to write the named submission "
+                        "(default: submissions)")
     parser.add_argument("--out", type=Path, help="also write the submission to this path")
-    args = parser.parse_args(argv)
-    try:
-        if args.out is not None:
-            check_out_path(args.out)
-        summary, path = run(args.workdir, args.submissions, args.out)
-        print(f"submission: {path}" + (f" (and {args.out})" if args.out else ""))
-        scores = heldout.score(args.workdir, path)
-    except FerKaggleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    parser.add_argument("--all", dest="every", action="store_true", help="blend every finished model in the "
+                        "folder, whatever settings trained it (default: the latest run's models)")
+
+
+def command(args):
+    """`fer-kaggle ensemble`: re-blend a run's models on disk (cli.py has found args.workdir)."""
+    if args.out is not None:
+        check_out_path(args.out)
+    folder = RunFolder(args.workdir)
+    names = None if args.every else folder.current_models()
+    if args.every or names is None:
+        print(f"blending every finished model in {folder}" + ("" if args.every else " (no run.json: an "
+              "older run)") + ", whatever settings trained it")
+    else:
+        print(f"blending the latest run's {len(names)} models in {folder} (--all: every finished model)")
+    summary, path = run(folder.path, args.submissions, args.out, names)
+    print(f"submission: {path}" + (f" (and {args.out})" if args.out else ""))
+    scores = heldout.score(folder.path, path)
     if scores is not None:
         print(heldout.describe(scores))
     return 0
+
+
+def main(argv=None):
+    from .cli import main as cli_main
+    return cli_main(["ensemble", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

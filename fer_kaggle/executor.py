@@ -27,10 +27,12 @@ class Job:
     workdir: object
     data: UnitData
     device: str
+    key_settings: dict = None  # what the unit's key stands for (runfolder.unit_settings)
 
 
 def run_job(job, deadline):
-    return train.train_unit(job.cfg, job.unit, job.workdir, job.data, torch.device(job.device), deadline)
+    return train.train_unit(job.cfg, job.unit, job.workdir, job.data, torch.device(job.device), deadline,
+                            job.key_settings)
 
 
 class Sequential:

@@ -44,15 +44,19 @@ ACTIVATION_CMAP = "viridis"  # layer outputs, drawn on their own: dark = low, ye
 # ---------------------------------------------------------------- model and inputs
 
 def load_unit_model(unit_dir):
-    """Rebuild a unit's model from `<unit_dir>/checkpoint.pt`.
+    """Rebuild a unit's model from its checkpoint, with the weights it predicted with (its EMA where kept).
 
     Returns (model, mean, std): the model in eval mode on the CPU, and the normalisation the
     unit trained with (floats, in 0-1 pixel units), to pass to `normalise`.
     """
+    from .errors import FerKaggleError
+    from .runfolder import load_checkpoint, predicting_weights
     from .train import build_model  # late: train imports the whole training stack
-    state = torch.load(Path(unit_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint(unit_dir)
+    if state is None:
+        raise FerKaggleError(f"{unit_dir}: no checkpoint; run run.sh again to train the unit")
     model = build_model(state["backbone"], torch.device("cpu"))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(predicting_weights(state))
     return model.eval(), float(state["mean"]), float(state["std"])
 
 

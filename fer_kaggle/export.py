@@ -11,7 +11,6 @@ the browser) only has to hand it grayscale 48x48 faces.
 The file is checked with onnx.checker and run once with onnxruntime against PyTorch on a few of
 the run's test images before it is moved into place; `--bench` then times both on the CPU.
 """
-import argparse
 import inspect
 import statistics
 import sys
@@ -28,6 +27,7 @@ from .data import read_test
 from .errors import FerKaggleError
 from .inference import load_ensemble
 from .inputs import DEMO_TEST
+from .runfolder import RunFolder
 from .tta import TTA_CHOICES
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
@@ -70,13 +70,10 @@ def _export_graph(module, example, path, opset):
 
 def run_images(workdir, count=None):
     """(images, where from): the run's cached test images, or the bundled FER2013 test sample."""
-    caches = sorted(Path(workdir).glob("cache/test-*.npz"), key=lambda p: p.stat().st_mtime)
-    if caches:
-        with np.load(caches[-1]) as saved:
-            for name in saved.files:
-                array = saved[name]
-                if array.dtype == np.uint8 and array.shape[1:] == (48, 48):
-                    return array[:count], f"the run's test file ({caches[-1]})"
+    found = RunFolder(workdir).test_images()
+    if found is not None:
+        images, cache = found
+        return images[:count], f"the run's test file ({cache})"
     _, images = read_test(DEMO_TEST)
     return images[:count], "the bundled FER2013 test sample"
 
@@ -156,9 +153,9 @@ def print_benchmark(result, count, batch_size, repeats):
     print(f"  onnxruntime / pytorch: {result['onnxruntime'][0] / result['pytorch'][0]:.2f}x")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("folds"), help="the finished run folder (default: folds)")
+def add_arguments(parser):
+    parser.add_argument("--workdir", "--run", dest="workdir", type=Path, help="the finished run folder "
+                        "(default: folds or folds/demo, the one finished last)")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument("--unit", help="export one unit, e.g. round0/fer_vgg_tiny/fold1, instead of the ensemble")
     parser.add_argument("--input", choices=list(INPUT_DTYPES), default="float32",
@@ -169,27 +166,27 @@ def build_parser():
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's own)")
     parser.add_argument("--bench", action="store_true",
                         help=f"then time PyTorch and onnxruntime on {BENCH_IMAGES} images (batch {BENCH_BATCH})")
-    return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        summary = export(args.run, args.out, args.unit, args.input, args.tta, args.opset)
-    except FerKaggleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def command(args):
+    """`fer-kaggle export` (cli.py has found args.workdir)."""
+    summary = export(args.workdir, args.out, args.unit, args.input, args.tta, args.opset)
     print(f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, "
           f"{summary['exporter']}): {len(summary['units'])} unit(s), input {INPUT_NAME} N x 1 x 48 x 48 "
           f"{args.input} 0-255, output {OUTPUT_NAME} N x 7")
     print(f"parity: onnxruntime vs PyTorch on {summary['parity_images']} images from "
           f"{summary['parity_source']}: max abs difference {summary['difference']:.2e}")
     if args.bench:
-        images, _ = run_images(args.run)
+        images, _ = run_images(args.workdir)
         images = np.resize(images, (BENCH_IMAGES, 48, 48))  # repeats the images if the run has fewer
         result = benchmark(summary["module"], summary["out"], images, args.input)
         print_benchmark(result, BENCH_IMAGES, BENCH_BATCH, BENCH_REPEATS)
     return 0
+
+
+def main(argv=None):
+    from .cli import main as cli_main
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ FER2013 holds exact duplicate images; rows with identical pixels share a group a
 StratifiedGroupKFold keeps a group in one fold, so no validation face is also trained on.
 """
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .atomic import save_csv, write_json
 from .errors import FerKaggleError
+from .runfolder import RunFolder
 
 
 def duplicate_groups(images):
@@ -39,8 +38,7 @@ def assign_folds(labels, groups, n_folds, seed):
 
 def saved_meta(workdir):
     """The run folder's `folds.json` (seed, folds, train fingerprint, duplicate counts), or None before its folds."""
-    meta_path = Path(workdir) / "folds.json"
-    return json.loads(meta_path.read_text()) if meta_path.exists() else None
+    return RunFolder(workdir).folds_meta()
 
 
 def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed):
@@ -49,9 +47,9 @@ def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed
     A later call with another train file, fold count or seed is refused: mixing
     units trained on different splits would make the OOF accuracy meaningless.
     """
-    workdir = Path(workdir)
-    meta_path, csv_path = workdir / "folds.json", workdir / "folds.csv"
-    meta = saved_meta(workdir)
+    folder = RunFolder(workdir)
+    meta_path, csv_path = folder.folds_json, folder.folds_csv
+    meta = folder.folds_meta()
     if meta is not None:
         _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
         table = pd.read_csv(csv_path)

@@ -6,26 +6,24 @@ read here only, after the submission is written, to print each split's accuracy 
 `heldout.json` for the report. No choice (epochs, weights, blend, pseudo-labels) ever reads them.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 
 from .atomic import save_npz, write_json
 from .errors import FerKaggleError
+from .runfolder import RunFolder
 from .submit import read_submission
 
-LABELS_FILE = "heldout_labels.npz"
-SCORES_FILE = "heldout.json"
 NOTE = "labels from the input file; computed once after the submission was written, never used for a choice"
 
 
 def save_labels(workdir, ids, labels, usage):
-    save_npz(Path(workdir) / LABELS_FILE, ids=ids, labels=labels, usage=usage)
+    save_npz(RunFolder(workdir).heldout_labels, ids=ids, labels=labels, usage=usage)
 
 
 def score(workdir, submission):
     """Each held-out split's accuracy of `submission`; writes heldout.json. None without labels."""
-    path = Path(workdir) / LABELS_FILE
+    path = RunFolder(workdir).heldout_labels
     if not path.exists():
         return None
     with np.load(path) as saved:
@@ -40,12 +38,12 @@ def score(workdir, submission):
     if len(splits) > 1:
         splits.append({"split": "all", "accuracy": float(correct.mean()), "images": len(correct)})
     scores = {"submission": str(submission), "note": NOTE, "splits": splits}
-    write_json(Path(workdir) / SCORES_FILE, scores)
+    write_json(RunFolder(workdir).heldout_scores, scores)
     return scores
 
 
 def load_scores(workdir):
-    path = Path(workdir) / SCORES_FILE
+    path = RunFolder(workdir).heldout_scores
     return json.loads(path.read_text()) if path.exists() else None
 
 

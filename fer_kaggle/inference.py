@@ -22,6 +22,7 @@ from torch import nn
 
 from .data import IMAGE_SIZE
 from .errors import FerKaggleError
+from .runfolder import CONFIG_FILE, RunFolder, load_checkpoint, predicting_weights
 from .train import build_model
 from .tta import SPACES, TTA_CHOICES, view, views
 
@@ -84,56 +85,36 @@ class EnsembleModule(nn.Module):
 
 def _run_dir(workdir):
     """The run folder, or an error saying that there is none (and where the demo run is, if there)."""
-    workdir = Path(workdir)
-    if not (workdir / "folds.json").is_file():
-        hint = f"; the demo run is in {workdir / 'demo'}" if (workdir / "demo" / "folds.json").is_file() else ""
-        raise FerKaggleError(f"{workdir}: no run here (no folds.json); run run.sh first or pass --run{hint}")
-    return workdir
+    RunFolder(workdir).require_run()
+    return Path(workdir)
 
 
 def finished_units(workdir):
     """Names of every finished unit in the run (ensemble rounds and ablations), sorted."""
-    workdir = Path(workdir)
-    found = list(workdir.glob("round*/*/fold*/metrics.json")) + list(workdir.glob("ablation/*/*/fold*/metrics.json"))
-    return sorted(path.parent.relative_to(workdir).as_posix() for path in found)
+    return RunFolder(workdir).finished_units()
 
 
 def load_unit(workdir, name, tta=None, device="cpu", space="prob"):
     """One unit (e.g. "round0/fer_vgg_tiny/fold1") as a UnitModule; tta overrides its config's."""
     unit_dir = Path(workdir) / name
     if name not in finished_units(workdir):
-        if (unit_dir / "config.json").is_file():
-            raise FerKaggleError(f"{unit_dir}: the unit is not finished (no metrics.json); "
+        if (unit_dir / CONFIG_FILE).is_file():
+            raise FerKaggleError(f"{unit_dir}: the unit is not finished; "
                                  f"run run.sh again to finish it")
         raise FerKaggleError(f"{workdir}: no unit '{name}'; the finished units are: "
                              f"{', '.join(finished_units(workdir)) or 'none'}")
-    config = json.loads((unit_dir / "config.json").read_text())
+    config = json.loads((unit_dir / CONFIG_FILE).read_text())
     tta, crop = tta or config["tta"], config.get("crop", 0)  # runs from before --crop have no "crop"
     if tta not in TTA_CHOICES or (tta == "ten_crop" and not crop):
         raise FerKaggleError(f"TTA '{tta}' for {name}: choose one of {', '.join(TTA_CHOICES)} "
                              f"(ten_crop only for a unit trained with --crop)")
     model = build_model(config["backbone"], torch.device(device))
-    model.load_state_dict(_predicting_weights(_checkpoint(unit_dir / "checkpoint.pt", device)))
+    model.load_state_dict(predicting_weights(load_checkpoint(unit_dir, device)))
     return UnitModule(model, config["mean"], config["std"], config["image_size"], tta, crop, space).to(device)
 
 
-def _predicting_weights(state):
-    """The weights the unit predicted its files with: the EMA copy when it kept one (--ema), else the model's."""
-    if "ema" not in state:
-        return state["model"]
-    return {key.removeprefix("module."): value for key, value in state["ema"].items()}  # timm ModelEmaV3
-
-
-def _checkpoint(path, device):
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise FerKaggleError(f"{path}: unreadable checkpoint ({exc}); delete its unit folder and "
-                             f"run run.sh again to retrain it") from None
-
-
 def _summary(workdir):
-    path = Path(workdir) / "ensemble.json"
+    path = RunFolder(workdir).ensemble_json
     if not path.is_file():
         raise FerKaggleError(f"{workdir}: no ensemble.json; run run.sh (or python -m fer_kaggle.ensemble "
                              f"--workdir {workdir}) first")
@@ -150,7 +131,7 @@ def kept_blend(workdir):
 
 def _unit_space(workdir, unit):
     """The TTA space the ensemble chose for a unit's model; "prob" (its test.npz "probs") otherwise."""
-    if not (Path(workdir) / "ensemble.json").is_file():
+    if not RunFolder(workdir).ensemble_json.is_file():
         return "prob"
     return kept_blend(workdir).get(unit.rsplit("/", 1)[0], (0, "prob"))[1]
 
@@ -165,7 +146,7 @@ def load_ensemble(workdir, unit=None, tta=None, device="cpu"):
     if unit is not None:
         names, weights, spaces = [unit], [1.0], [_unit_space(workdir, unit)]
     else:
-        n_folds = json.loads((workdir / "folds.json").read_text())["folds"]
+        n_folds = RunFolder(workdir).require_run()["folds"]
         names, weights, spaces = [], [], []
         for model, (weight, space) in kept_blend(workdir).items():
             if weight > 0:

@@ -7,7 +7,7 @@
 
 The form is recognised from each CSV's header or the folder's layout (`--format` insists on one).
 `resolve` looks only at headers and folder names, so a wrong path stops the run before any work;
-`load` parses, and caches the arrays in `<workdir>/cache/` under each input's sha256.
+`load` parses, and caches the arrays in `<workdir>/cache/` under each input's sha256 (runfolder.py).
 
 Test labels (fer2013.csv's PublicTest/PrivateTest rows, a test folder of class folders) travel
 in `Inputs.test_labels`; only `heldout.py` reads them, once, after the submission is written.
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, folders
-from .atomic import save_npz
+from . import data, folders, runfolder
 from .errors import FerKaggleError
 
 FORMATS = ("competition", "kaggle", "fer2013", "icml", "folders")
@@ -100,47 +99,43 @@ def _resolve_one(path, option):
 
 # ---------------------------------------------------------------- parse, with a cache
 
-def _cache_load(path):
-    with np.load(path) as saved:
-        return [saved[name] for name in sorted(saved.files, key=lambda n: int(n[4:]))]
-
-
-def _cache_save(path, arrays):
-    save_npz(path, **{f"arr_{i}": a for i, a in enumerate(arrays) if a is not None})
-
-
 def load(source, cache_dir):
     """Parse `source` (or read its cache): returns (Inputs, log lines)."""
     fingerprint = folders.fingerprint if source.kind == "folders" else data.fingerprint
     train_fp = fingerprint(source.train)
     test_fp = train_fp if source.kind == "combined" else fingerprint(source.test)  # one file: hashed once
-    train_cache = data.cache_path(cache_dir, "train", train_fp)
-    test_cache = data.cache_path(cache_dir, "test", test_fp)
-    log = []
-    if train_cache.exists() and test_cache.exists():
-        train, test = _cache_load(train_cache), _cache_load(test_cache)
-        log.append(f"read {source.describe()} from the cache ({cache_dir})")
+    train_cache = runfolder.cache_path(cache_dir, "train", train_fp)
+    test_cache = runfolder.cache_path(cache_dir, "test", test_fp)
+    train = runfolder.load_cache(train_cache, runfolder.TRAIN_ARRAYS)
+    test = runfolder.load_cache(test_cache, runfolder.TEST_ARRAYS)
+    if train is not None and test is not None:
+        log = [f"read {source.describe()} from the cache ({cache_dir})"]
     else:
         train, test, log = _parse(source)
-        _cache_save(train_cache, train)
-        _cache_save(test_cache, test)
-    test += [None] * (4 - len(test))
-    return Inputs(*train, *test, train_fingerprint=train_fp), log
+        runfolder.save_cache(train_cache, train)
+        runfolder.save_cache(test_cache, test)
+    return Inputs(train["images"], train["labels"], test["ids"], test["images"], test["labels"], test["usage"],
+                  train_fingerprint=train_fp), log
 
 
 def _parse(source):
-    """([train images, labels], [test ids, images, labels or None, usage or None], log lines)."""
+    """({images, labels}, {ids, images, labels, usage: None where the input has none}, log lines)."""
     if source.kind == "combined":
         train_x, train_y, ids, test_x, test_y, usage = data.read_combined(source.train, source.option)
         log = [f"{source.train}: {len(train_y)} Training rows; {np.sum(usage == 'PublicTest')} PublicTest and "
                f"{np.sum(usage == 'PrivateTest')} PrivateTest rows to predict (their labels are used "
                f"only for the final held-out accuracy, printed once at the end)"]
-        return [train_x, train_y], [ids, test_x, test_y, usage], log
+        return _named(train_x, train_y, ids, test_x, test_y, usage) + (log,)
     if source.kind == "folders":
         train_x, train_y, train_log = folders.read_train_folder(source.train)
         ids, test_x, test_y, test_log = folders.read_test_folder(source.test)
         usage = None if test_y is None else np.full(len(ids), "test")
-        return [train_x, train_y], [ids, test_x, test_y, usage], [train_log, test_log]
+        return _named(train_x, train_y, ids, test_x, test_y, usage) + ([train_log, test_log],)
     train_x, train_y = data.read_train(source.train, source.option)
     ids, test_x = data.read_test(source.test, source.option)
-    return [train_x, train_y], [ids, test_x], []
+    return _named(train_x, train_y, ids, test_x) + ([],)
+
+
+def _named(train_x, train_y, ids, test_x, test_y=None, usage=None):
+    return ({"images": train_x, "labels": train_y},
+            {"ids": ids, "images": test_x, "labels": test_y, "usage": usage})

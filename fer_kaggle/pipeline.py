@@ -4,12 +4,12 @@
     bash run.sh fer2013.csv out.csv [options]             (one file with Usage, or a folder with train/ test/)
     bash run.sh                                           (the bundled demo sample, preset demo)
 
-Every stage writes under --workdir (default folds/); a re-run of the same command
-skips finished units and resumes an interrupted one from its last finished epoch.
+Every stage writes under --workdir (default folds/; runfolder.py owns its layout). A re-run of the
+same command skips finished units and resumes an interrupted one from its last finished epoch; a
+run with changed settings trains new units beside the old ones (each unit's folder names a hash of
+its settings) and blends only its own.
 """
-import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,85 +18,17 @@ import numpy as np
 import timm
 import torch
 
-from . import ensemble, heldout, inputs, pseudo, recipe, tta
+from . import ensemble, heldout, inputs, pseudo, recipe, runfolder, shift
+from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
 from .executor import Job, make_executor
-from .folds import make_or_load_folds, saved_meta
-from .models import DNN_COUNTERPARTS
+from .folds import make_or_load_folds
+from .models import DNN_COUNTERPARTS, unit_config
+from .runfolder import RunFolder
 from .submit import check_out_path
-from .train import TimeLimitReached, Unit, UnitData, build_model, is_finished, resolve_device, train_unit
-
-HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
-
-
-def _bool_flag(parser, name, help_text):
-    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                        default=None, help=help_text)
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="bash run.sh", description=__doc__.split("\n\n")[0],
-        epilog="Options left out take the preset's value; `python -m fer_kaggle.ensemble` re-blends a run.")
-    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
-                        help="TRAIN TEST OUT (CSVs: label,feature and id,feature, or emotion,pixels and pixels; "
-                        "or two image folders), or DATA OUT (fer2013.csv, icml_face_data.csv, or a folder with "
-                        "train/ and test/), or nothing for the bundled demo; CSVs may be .gz or .xz")
-    parser.add_argument("--format", choices=inputs.FORMATS, help="insist on one input form instead of "
-                        "recognising it")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: full "
-                        "where a CUDA device is present, cpu where not, demo without files)")
-    parser.add_argument("--workdir", type=Path, help="run folder for folds, units and cache (default: folds, "
-                        "folds/demo for the demo)")
-    parser.add_argument("--submissions", type=Path, default=HOME / "submissions",
-                        help="folder for the named submission files (default: submissions)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backbones", type=lambda s: tuple(s.split(",")),
-                        help="comma-separated timm model names, e.g. fer_vgg13,fer_resnet18")
-    parser.add_argument("--folds", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--image-size", type=int, help="resize faces to this side (default 48, their own)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=["sgd", "adamw", "auto"], help="auto: AdamW (lr 2e-3, wd 0.05) "
-                        "for ConvNeXt, SGD-Nesterov for the batch-norm nets")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--warmup-epochs", type=float)
-    parser.add_argument("--schedule", choices=recipe.SCHEDULES, help="warm-up + cosine, or one-cycle")
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--mixup", type=float, help="mixup Beta alpha (0: off)")
-    parser.add_argument("--cutmix", type=float, help="cutmix Beta alpha (0: off)")
-    parser.add_argument("--mix-prob", type=float, help="share of batches mixed when mixup or cutmix is on")
-    parser.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (0: off)")
-    parser.add_argument("--class-balance", type=float, help="class loss weights ~ count^-POWER (0: off)")
-    parser.add_argument("--erase", type=float, help="probability of random erasing in --augment full")
-    parser.add_argument("--crop", type=int, help="train on random CROP x CROP windows, e.g. 44 (0: off)")
-    parser.add_argument("--monitor-rows", type=int, help="held-out rows checked after each epoch for the "
-                        "training curves (0: the whole fold; the OOF predictions always cover it all)")
-    parser.add_argument("--tta", choices=tta.TTA_CHOICES, help="test-time views (ten_crop needs --crop)")
-    _bool_flag(parser, "compile", "torch.compile the training model")
-    parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after the epoch "
-                        "that passes this many minutes; run the same command again to continue")
-    parser.add_argument("--augment-on", choices=["auto", "device", "host"], help="train-time augmentation "
-                        "batched on the device, or albumentations in DataLoader workers (auto: device on CUDA)")
-    parser.add_argument("--parallel-units", type=int, help="units trained side by side in local processes on "
-                        "a CPU, each with cores/N threads (1: one at a time with every core)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of the host path (-1: automatic)")
-    parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: where native)")
-    parser.add_argument("--augment", choices=["full", "light", "none"], help="train-time augmentation")
-    _bool_flag(parser, "normalize", "normalise by the train pixels' mean and std")
-    _bool_flag(parser, "pseudo", "a second round trained with pseudo-labelled test images")
-    parser.add_argument("--pseudo-threshold", type=float, help="minimum teachers' probability for a "
-                        "pseudo-label, as a share of the highest probability a model trained with "
-                        "--label-smoothing can output (0.9: 90%% of it)")
-    _bool_flag(parser, "pseudo-soft", "train on the teachers' probabilities instead of their labels")
-    parser.add_argument("--report", type=Path, help="also write the analysis report (index.html, report.md) here")
-    _bool_flag(parser, "ablation", "also train the report's ablations: no normalisation, no augmentation, a DNN")
-    return parser
-
+from .train import Unit, UnitData, augment_on, autocast_dtype, build_model, is_finished, resolve_device
 
 def cuda_available():
     """The one place the automatic preset looks for a GPU (tests replace it: no GPU needed to test both)."""
@@ -150,6 +82,11 @@ def resolve(args):
     return cfg, source, out, workdir, why
 
 
+def add_arguments(parser):
+    from .cli import add_run_arguments
+    add_run_arguments(parser)
+
+
 def estimate_cpu_hours(cfg, n_train, device):
     """Time a few real training steps of each backbone here and extrapolate to the whole preset."""
     seconds_per_image = 0.0
@@ -180,11 +117,35 @@ def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, ex
     return UnitData(images, labels, valid, train_x[valid], train_y[valid], test_ids, test_x)
 
 
+def unit_key(cfg, round_, backbone, device, fingerprints, pseudo_table_key=None):
+    """(key, settings) of a unit: the short hash of every setting that changes what it learns or saves."""
+    cfg = unit_config(cfg, backbone)
+    amp = "bf16" if autocast_dtype(cfg.amp, device) is not None else "off"
+    settings = runfolder.unit_settings(cfg, round_, augment_on(cfg, device), amp, fingerprints, pseudo_table_key)
+    return runfolder.short_hash({**settings, "backbone": backbone}), settings
+
+
+def _round_units(cfg, round_, device, fingerprints, pseudo_table_key=None, variant="", backbones=None):
+    """{Unit: its key's settings} of a round (or an ablation variant): every backbone x fold."""
+    units = {}
+    for backbone in backbones or cfg.backbones:
+        key, settings = unit_key(cfg, round_, backbone, device, fingerprints, pseudo_table_key)
+        units.update({Unit(round_, backbone, fold, variant, key): settings for fold in range(cfg.folds)})
+    return units
+
+
+def _models(units):
+    """The model folders of `units`, in order, once each."""
+    return list(dict.fromkeys(unit.model for unit in units))
+
+
 def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds, test_ids, test_x,
                  pseudo_table=None):
     todo = [u for u in units if not is_finished(u.dir(workdir))]
+    units = dict(units) if isinstance(units, dict) else dict.fromkeys(units)
     executor = make_executor(cfg.parallel_units, device)
-    print(f"{units[0].name.rsplit('/', 2)[0]}: {len(units) - len(todo)} of {len(units)} units already finished"
+    stage = next(iter(units)).name.rsplit("/", 2)[0]
+    print(f"{stage}: {len(units) - len(todo)} of {len(units)} units already finished"
           + (f"; training {len(todo)}, {executor.description}" if todo else ""))
     position = {test_id: p for p, test_id in enumerate(test_ids)}
 
@@ -196,15 +157,11 @@ def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds,
                 extra_x = test_x[[position[i] for i in chosen["id"]]]
                 extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
             data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
-            yield Job(cfg, unit, workdir, data, str(device))
+            yield Job(cfg, unit, workdir, data, str(device), units[unit])
 
     for job, metrics in executor.run(jobs(), deadline):
         print(f"{job.unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
               f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)", flush=True)
-
-
-def _round_units(cfg, round_):
-    return [Unit(round_, backbone, fold) for backbone in cfg.backbones for fold in range(cfg.folds)]
 
 
 def ablation_variants(cfg):
@@ -220,10 +177,14 @@ def ablation_variants(cfg):
             ("dnn", cfg.replace(**uncropped), counterparts[cnn])]
 
 
-def _train_ablations(cfg, workdir, device, deadline, *arrays):
+def _train_ablations(cfg, workdir, device, deadline, fingerprints, *arrays):
+    """Train the report's ablations; returns {variant: model folder}."""
+    models = {}
     for variant, variant_cfg, backbone in ablation_variants(cfg):
-        units = [Unit(0, backbone, fold, variant) for fold in range(cfg.folds)]
+        units = _round_units(variant_cfg, 0, device, fingerprints, variant=variant, backbones=[backbone])
         _train_units(variant_cfg, units, workdir, device, deadline, *arrays)
+        models[variant] = _models(units)[0]
+    return models
 
 
 def set_aside_old_demo(workdir):
@@ -232,7 +193,7 @@ def set_aside_old_demo(workdir):
     The bundled sample is ours, not the user's: when a new release redraws it, `bash run.sh`
     must still just work, and the old run is kept rather than deleted.
     """
-    meta = saved_meta(workdir)
+    meta = RunFolder(workdir).folds_meta()
     if meta is None or meta["train_fingerprint"] == file_fingerprint(inputs.DEMO_TRAIN):
         return None
     old = meta["train_fingerprint"]
@@ -243,13 +204,20 @@ def set_aside_old_demo(workdir):
 
 
 def run(cfg, source, out, workdir, submissions, report_dir=None):
-    started = time.perf_counter()
-    deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
-    device = resolve_device(cfg.device)
+    """The whole run in `workdir`, holding its lock; returns (ensemble summary, submission path)."""
     if source.train == inputs.DEMO_TRAIN:
         set_aside_old_demo(workdir)
+    with RunFolder(workdir).lock() as folder:
+        return _run(cfg, source, out, folder, submissions, report_dir)
+
+
+def _run(cfg, source, out, folder, submissions, report_dir):
+    started = time.perf_counter()
+    workdir = folder.path
+    deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
+    device = resolve_device(cfg.device)
     print(f"reading {source.describe()}")
-    data, log = inputs.load(source, workdir / "cache")
+    data, log = inputs.load(source, folder.cache_dir)
     for line in log:
         print(line)
     train_x, train_y, test_ids, test_x = data.train_images, data.train_labels, data.test_ids, data.test_images
@@ -261,32 +229,34 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
             f"{hours:.0f} hours. Run it on a GPU, pick --preset cpu (the preset for a machine without a GPU), "
             f"or add --device cpu to run it here anyway")
 
+    _check_shift(cfg, source, folder, train_x, test_x)  # before any training: a shifted test set costs a submission
     folds, meta = make_or_load_folds(workdir, train_x, train_y, data.train_fingerprint, cfg.folds, cfg.seed)
     if data.test_labels is not None:
         heldout.save_labels(workdir, test_ids, data.test_labels, data.test_usage)
     print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
           f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
 
+    # the arrays' own hashes, not the files': the same faces in another file form reuse the units
+    fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
+                    runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
     arrays = (train_x, train_y, folds, test_ids, test_x)
-    _train_units(cfg, _round_units(cfg, 0), workdir, device, deadline, *arrays)
+    round0 = _round_units(cfg, 0, device, fingerprints)
+    models = _models(round0)
+    folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,
+                        started=time.time(), finished=None)
+    _train_units(cfg, round0, workdir, device, deadline, *arrays)
+    refused = _check_class_shares(cfg, folder, models, train_y, folds)
     if cfg.pseudo:
-        models, labels = ensemble.load_models(workdir)
-        before = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round0/")], labels)
-        cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
-        table = pseudo.pseudo_labels(workdir, cfg.backbones, cfg.folds, cut)
-        print(f"pseudo-labels: teachers' mean probability >= {cut:.3f} ({cfg.pseudo_threshold} of the "
-              f"{pseudo.probability_ceiling(cfg.label_smoothing):.3f} a model trained with label smoothing "
-              f"{cfg.label_smoothing} can reach): {len(table) / cfg.folds:.0f} of {len(test_ids)} test images "
-              f"per fold on average; added per class and fold:")
-        print(pseudo.counts_per_class(table, cfg.folds).to_string())
-        _train_units(cfg, _round_units(cfg, 1), workdir, device, deadline, *arrays, table)
-        models, _ = ensemble.load_models(workdir)
-        after = ensemble.best_oof_accuracy([m for m in models if m.name.startswith("round1/")], labels)
-        print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
+        models += _pseudo_round(cfg, folder, models, device, deadline, fingerprints, arrays, refused)
 
     if cfg.ablation:
-        _train_ablations(cfg, workdir, device, deadline, *arrays)
-    summary, path = ensemble.run(workdir, submissions, out)
+        folder.write_record(ablations=_train_ablations(cfg, workdir, device, deadline, fingerprints, *arrays))
+    others = sorted({f"{d.parent.name}/{d.name}" for d in folder.model_dirs()} - set(models))
+    if others:
+        print(f"ensemble: this run's {len(models)} models; {len(others)} other model(s) in {workdir} "
+              f"(other settings) left out: `python -m fer_kaggle.ensemble --workdir {workdir} --all` blends them too")
+    summary, path = ensemble.run(workdir, submissions, out, names=models)
+    folder.write_record(finished=time.time())
     kept = summary["blends"][summary["kept"]]
     print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
     print(f"ensemble OOF accuracy: {kept['oof_acc']:.4f} ({summary['kept']} of {len(summary['models'])} models)"
@@ -302,20 +272,74 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
     return summary, path
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        cfg, source, out, workdir, why = resolve(args)
-        print(f"preset {cfg.preset} ({why})")
-        run(cfg, source, out, workdir, args.submissions, args.report)
-    except FerKaggleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TimeLimitReached as exc:
-        print(f"\ntime limit of {args.time_limit} minutes reached: {exc}; everything so far is saved. "
-              f"Run the same command again to continue (exit status 3: not finished)", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
-        return 130
+def _check_shift(cfg, source, folder, train_x, test_x):
+    """Train against test images before training: the figures, a `warning:` line, --strict-shift's stop."""
+    figures = shift.check_inputs(train_x, test_x)
+    folder.write_shift(inputs=figures)
+    print(shift.describe_inputs(figures))
+    names = (source.train, source.test) if source.kind != "combined" else (
+        f"the Training rows of {source.train}", "its test rows")
+    warning = shift.input_warning(figures, *names)
+    if warning is None:
+        return
+    print(warning, file=sys.stderr, flush=True)
+    if cfg.strict_shift:
+        raise FerKaggleError(f"--strict-shift: {warning.removeprefix('warning: ')}; nothing was trained")
+
+
+def _check_class_shares(cfg, folder, teachers, train_y, folds):
+    """After round 0, per fold: test against held-out class shares of its teachers; the folds refused
+    pseudo-labels (shift.pseudo_guard), with why."""
+    cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
+    per_fold, refused = {}, {}
+    for fold in range(cfg.folds):
+        _, test_probs = pseudo.teacher_probs(folder.path, teachers, fold)
+        _, oof_probs = pseudo.teacher_oof(folder.path, teachers, fold)
+        figures = shift.fold_shares(test_probs, oof_probs, train_y[folds != fold], cut)
+        per_fold[str(fold)] = shift.to_json(figures)
+        warning = shift.class_share_warning(fold, figures)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        reason = shift.pseudo_guard(figures)
+        if reason:
+            refused[fold] = reason
+    folder.write_shift(folds=per_fold)
+    return refused
+
+
+def _pseudo_round(cfg, folder, teachers, device, deadline, fingerprints, arrays, refused):
+    """Round 1: pseudo-labels from `teachers` (round-0 models), students trained on them; their models."""
+    workdir, test_ids = folder.path, arrays[3]
+    models, labels = ensemble.load_models(workdir, teachers)
+    before = ensemble.best_oof_accuracy(models, labels)
+    cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
+    for fold, reason in refused.items():
+        print(f"pseudo-labels: fold {fold} gets none: {reason}")
+    table, table_key = pseudo.pseudo_labels(workdir, teachers, cfg.folds, cut, refused)
+    print(f"pseudo-labels: teachers' mean probability >= {cut:.3f} ({cfg.pseudo_threshold} of the "
+          f"{pseudo.probability_ceiling(cfg.label_smoothing):.3f} a model trained with label smoothing "
+          f"{cfg.label_smoothing} can reach): {len(table) / cfg.folds:.0f} of {len(test_ids)} test images "
+          f"per fold on average; added per class and fold:")
+    print(pseudo.counts_per_class(table, cfg.folds).to_string())
+    round1 = _round_units(cfg, 1, device, fingerprints, table_key)
+    students = _models(round1)
+    folder.write_record(models=[*teachers, *students], pseudo_table=folder.pseudo_table_path(table_key).name)
+    _train_units(cfg, round1, workdir, device, deadline, *arrays, table)
+    models, _ = ensemble.load_models(workdir, students)
+    after = ensemble.best_oof_accuracy(models, labels)
+    print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
+    return students
+
+
+def command(args):
+    """`fer-kaggle run` (the default command): cli.py parsed args and handles errors."""
+    cfg, source, out, workdir, why = resolve(args)
+    print(f"preset {cfg.preset} ({why})")
+    run(cfg, source, out, workdir, args.submissions or HOME / "submissions", args.report)
     return 0
+
+
+def main(argv=None):
+    """`python -m fer_kaggle ARGS` as before: the same as `fer-kaggle ARGS`."""
+    from .cli import main as cli_main
+    return cli_main(argv)

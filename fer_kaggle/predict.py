@@ -15,7 +15,6 @@ probabilities, label. --annotate DIR writes copies of the photos with the boxes 
 A photo without a face is listed, not an error; a missing path or an unreadable image stops
 everything with exit status 2 before anything is written.
 """
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,10 +233,10 @@ def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_fa
     return table, [photo.path for photo in photos if not photo.boxes], len(photos)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.predict", description=__doc__.split("\n\n")[0])
+def add_arguments(parser):
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--run", type=Path, default=Path("folds"), help="the finished run folder (default: folds)")
+    parser.add_argument("--workdir", "--run", dest="workdir", type=Path, help="the finished run folder "
+                        "(default: folds or folds/demo, the one finished last)")
     parser.add_argument("--out", type=Path, help="write the faces CSV here (default: print one line per face)")
     parser.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with boxes and labels here")
     parser.add_argument("--no-detect", dest="detect", action="store_false",
@@ -245,17 +244,12 @@ def build_parser():
     parser.add_argument("--min-face", type=int, default=40, metavar="PX",
                         help="ignore faces smaller than this many pixels (default 40; FER2013's are 48)")
     parser.add_argument("--batch-size", type=int, default=256)
-    return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        table, faceless, count = predict(args.paths, args.run, args.out, args.annotate, args.detect,
-                                         args.min_face, args.batch_size)
-    except FerKaggleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def command(args):
+    """`fer-kaggle predict` (cli.py has found args.workdir)."""
+    table, faceless, count = predict(args.paths, args.workdir, args.out, args.annotate, args.detect,
+                                     args.min_face, args.batch_size)
     if args.out is None:
         for _, row in table.iterrows():
             print(face_line(row))
@@ -265,6 +259,11 @@ def main(argv=None):
           f"{len(faceless)} image(s) without a face"
           + (f"; wrote {args.out}" if args.out else "") + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
     return 0
+
+
+def main(argv=None):
+    from .cli import main as cli_main
+    return cli_main(["predict", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

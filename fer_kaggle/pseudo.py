@@ -7,14 +7,19 @@ model trained with the run's label smoothing can output (1 - s + s/7; 0.914 at s
 So 0.9 means "90% of what a teacher can say" under any label smoothing. No teacher that saw fold k's validation rows is
 asked, so the student's OOF accuracy on fold k stays honest.
 
-Writes `<workdir>/round1/pseudo_labels.csv` (fold, id, label, confidence, p_<class> for each class).
+Writes `<workdir>/round1/pseudo_labels-<key>.csv` (fold, id, label, confidence, p_<class> for each
+class), `key` a hash of its content: part of the key of every student that learns from it.
 With --pseudo-soft the students learn the teachers' probabilities instead of their argmax.
 """
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from . import runfolder
 from .atomic import save_csv
 from .data import CLASS_NAMES, NUM_CLASSES
+from .runfolder import RunFolder, short_hash
 
 PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
 
@@ -36,28 +41,45 @@ def select(test_probs, threshold):
     return chosen, test_probs[chosen].argmax(1), confidence[chosen]
 
 
-def teacher_probs(workdir, backbones, fold):
-    """Mean test probabilities of fold `fold`'s round-0 teachers (ids, probs)."""
+def teacher_probs(workdir, teachers, fold):
+    """Mean test probabilities of fold `fold`'s round-0 teachers (model folders, e.g. round0/fer_vgg_cpu-1a2b3c4d)."""
     ids, probs = None, []
-    for backbone in backbones:
-        with np.load(f"{workdir}/round0/{backbone}/fold{fold}/test.npz") as saved:
+    for model in teachers:
+        with np.load(Path(workdir) / model / f"fold{fold}" / runfolder.TEST_FILE) as saved:
             ids = saved["ids"]
             probs.append(saved["probs"])
     return ids, np.mean(probs, axis=0)
 
 
-def pseudo_labels(workdir, backbones, n_folds, threshold):
-    """The pseudo-label table of every fold, saved as round1/pseudo_labels.csv."""
+def teacher_oof(workdir, teachers, fold):
+    """Mean held-out probabilities of fold `fold`'s round-0 teachers on fold `fold` (rows, probs)."""
+    rows, probs = None, []
+    for model in teachers:
+        with np.load(Path(workdir) / model / f"fold{fold}" / runfolder.OOF_FILE) as saved:
+            rows = saved["rows"]
+            probs.append(saved["probs"])
+    return rows, np.mean(probs, axis=0)
+
+
+def pseudo_labels(workdir, teachers, n_folds, threshold, refused=()):
+    """(the pseudo-label table of every fold, its key), saved as round1/pseudo_labels-<key>.csv.
+
+    A fold in `refused` (shift.pseudo_guard: its teachers collapsed on test) gets no test images.
+    """
     tables = []
     for fold in range(n_folds):
-        ids, probs = teacher_probs(workdir, backbones, fold)
+        if fold in refused:
+            continue
+        ids, probs = teacher_probs(workdir, teachers, fold)
         chosen, labels, confidence = select(probs, threshold)
         table = pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels, "confidence": confidence.round(6)})
         table[PROB_COLUMNS] = probs[chosen].round(6)  # the teachers' probabilities, for --pseudo-soft
         tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
-    save_csv(f"{workdir}/round1/pseudo_labels.csv", table)
-    return table
+    columns = ["fold", "id", "label", "confidence", *PROB_COLUMNS]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+    key = short_hash(table.to_csv(index=False))
+    save_csv(RunFolder(workdir).pseudo_table_path(key), table)
+    return table, key
 
 
 def counts_per_class(table, n_folds):

@@ -7,11 +7,11 @@ Reads  everything a run wrote under --workdir (folds, units, pseudo-labels, the 
 Writes DIR/index.html and DIR/report.md (the same content) and DIR/*.png.
 
 Sections: models, training curves, confusion matrix, saliency and Grad-CAM, filters,
-DNN against CNN, ablations, pseudo-labelling, ensemble, and the held-out test accuracy
-where the input carried test labels (marked: never used for a choice). A part the run lacks
+DNN against CNN, ablations, pseudo-labelling, ensemble, the held-out test accuracy
+where the input carried test labels (marked: never used for a choice), and the train/test shift
+check with its histograms. A part the run lacks
 (no --ablation, no pseudo-labelling round) is named in its section, with the option to add.
 """
-import argparse
 import html
 import json
 import os
@@ -29,11 +29,12 @@ from matplotlib.figure import Figure as MplFigure  # no pyplot: no GUI backend, 
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from . import ensemble, explain, heldout, pseudo
+from . import ensemble, explain, heldout, pseudo, shift
 from .atomic import atomic_path, write_text
-from .data import CLASS_NAMES, NUM_CLASSES, cache_path
+from .data import CLASS_NAMES, NUM_CLASSES
 from .errors import FerKaggleError
 from .models import DNN_COUNTERPARTS
+from .runfolder import FINISHED_FILE, HISTORY_FILE, OOF_FILE, RunFolder, backbone_of, is_finished
 
 
 # ---------------------------------------------------------------- report structure
@@ -61,32 +62,40 @@ class Figure:
 
 @dataclass
 class Run:
-    """What a run folder holds, read once."""
+    """What a run folder holds, read once: the latest run's models (run.json), as the ensemble blends them."""
     workdir: Path
     labels: np.ndarray
     folds: np.ndarray
     train_images: np.ndarray
-    models: list            # ensemble.Model of every finished round model
+    models: list            # ensemble.Model of the run's finished models
     result: dict            # ensemble.ensemble(models, labels)
+    ablations: dict         # {variant: model folder} of the run's ablations
+    pseudo_table: Path      # the table its round 1 learned from, or None
 
     @classmethod
     def load(cls, workdir):
-        workdir = Path(workdir)
-        models, labels = ensemble.load_models(workdir)
-        meta = json.loads((workdir / "folds.json").read_text())
-        cache = cache_path(workdir / "cache", "train", meta["train_fingerprint"])
-        if not cache.exists():
-            raise FerKaggleError(f"{cache}: the run's parsed train images are gone; run run.sh again to rebuild them")
-        with np.load(cache) as saved:
-            images = saved["arr_0"]
-        folds = pd.read_csv(workdir / "folds.csv")["fold"].to_numpy()
-        return cls(workdir, labels, folds, images, models, ensemble.ensemble(models, labels))
+        folder = RunFolder(workdir)
+        record = folder.record() or {}
+        models, labels = ensemble.load_models(folder.path, folder.current_models())
+        images = folder.train_images()
+        folds = pd.read_csv(folder.folds_csv)["fold"].to_numpy()
+        ablations = record.get("ablations") or folder.ablation_models()  # run.json, or an older run's folders
+        table = record.get("pseudo_table")
+        table = folder.path / "round1" / table if table else None
+        return cls(folder.path, labels, folds, images, models, ensemble.ensemble(models, labels), ablations, table)
 
     def unit_dirs(self, model_dir):
-        return sorted((self.workdir / model_dir).glob("fold*/"), key=lambda p: int(p.name[4:]))
+        return RunFolder(self.workdir).unit_dirs(model_dir)
 
-    def backbones(self, round_="round0"):
-        return sorted(p.name for p in (self.workdir / round_).glob("*/") if p.is_dir())
+    def model_dirs(self, round_=0):
+        """The run's model folders of a round, e.g. round0/fer_vgg_cpu-1a2b3c4d."""
+        return [m.name for m in self.models if m.name.startswith(f"round{round_}/")]
+
+    def backbones(self, round_=0):
+        return [backbone_of(name) for name in self.model_dirs(round_)]
+
+    def round0_model(self, backbone):
+        return next((name for name in self.model_dirs(0) if backbone_of(name) == backbone), None)
 
     def kept_oof(self):
         weights = self.result["blends"][self.result["kept"]]["weights"]
@@ -136,11 +145,11 @@ def models_section(run):
 
 def curves_section(run, out):
     section = Section("2. Training curves")
-    model_dirs = [f"{r}/{b}" for r in ("round0", "round1") for b in run.backbones(r)]
+    model_dirs = run.model_dirs(0) + run.model_dirs(1)
     fig, axes = _subplots(len(model_dirs), 2, figsize=(11, 3.2 * len(model_dirs)), squeeze=False)
     for row, model_dir in enumerate(model_dirs):
         for unit_dir in run.unit_dirs(model_dir):
-            history = pd.read_csv(unit_dir / "history.csv")
+            history = pd.read_csv(unit_dir / HISTORY_FILE)
             for col, metric in enumerate(("loss", "acc")):
                 ax = axes[row, col]
                 line, = ax.plot(history["epoch"], history[f"train_{metric}"], label=f"{unit_dir.name} train")
@@ -189,23 +198,23 @@ def confusion_section(run, out):
 # ---------------------------------------------------------------- 4-5. what the CNN looks at
 
 def _first_unit(run):
-    backbone = next((b for b in run.backbones() if b not in DNN_COUNTERPARTS), None)
-    if backbone is None:
+    model = next((m for m in run.model_dirs(0) if backbone_of(m) not in DNN_COUNTERPARTS), None)
+    if model is None:
         raise FerKaggleError(f"{run.workdir}: saliency maps and filters need a CNN, and this run has none")
-    return run.workdir / "round0" / backbone / "fold0"
+    return run.workdir / model / "fold0"
 
 
 def _ablation_backbone(run, variant):
     """The backbone an ablation variant was trained with, or None if the run has none."""
-    found = sorted(p.name for p in (run.workdir / "ablation" / variant).glob("*/"))
-    return found[0] if found else None
+    model = run.ablations.get(variant)
+    return backbone_of(model) if model else None
 
 
 def saliency_section(run, out, per_class):
     section = Section("4. Saliency maps")
     unit_dir = _first_unit(run)
     model, mean, std = explain.load_unit_model(unit_dir)
-    with np.load(unit_dir / "oof.npz") as oof:
+    with np.load(unit_dir / OOF_FILE) as oof:
         rows, probs = oof["rows"], oof["probs"]
     picked = explain.pick_examples(probs, run.labels[rows], per_class=per_class)
     faces = run.train_images[rows[picked]]
@@ -249,10 +258,10 @@ def filters_section(out, explained, layer_name):
 def _model_scores(run, model_dir):
     """OOF accuracy (TTA and plain) of a model folder whose folds are all finished, else None."""
     units = run.unit_dirs(model_dir)
-    if not units or not all((u / "metrics.json").exists() for u in units):
+    if not units or not all(is_finished(u) for u in units):
         return None
     oof, plain, *_ = ensemble.load_model_dir(run.workdir / model_dir, len(run.labels), len(units), run.labels)
-    seconds = sum(json.loads((unit / "metrics.json").read_text())["train_seconds"] for unit in units)
+    seconds = sum(json.loads((unit / FINISHED_FILE).read_text())["train_seconds"] for unit in units)
     return {"OOF accuracy": round(ensemble.accuracy(oof, run.labels), 4),
             "without TTA": round(ensemble.accuracy(plain, run.labels), 4), "train seconds": round(seconds)}
 
@@ -262,25 +271,26 @@ def _parameters(name):
 
 
 def _mean_valid_curve(run, model_dir):
-    histories = [pd.read_csv(u / "history.csv") for u in run.unit_dirs(model_dir)]
+    histories = [pd.read_csv(u / HISTORY_FILE) for u in run.unit_dirs(model_dir)]
     return pd.concat(histories).groupby("epoch")[["train_acc", "valid_acc"]].mean()
 
 
 def dnn_section(run, out):
     section = Section("6. A plain DNN against the CNN")
     dnn = _ablation_backbone(run, "dnn")
-    if dnn is None or _model_scores(run, f"ablation/dnn/{dnn}") is None:
+    if dnn is None or _model_scores(run, run.ablations["dnn"]) is None:
         section.text("Not in this run: add `--ablation` to run.sh to train a fully-connected network of the "
                      "size of a CNN (fer_vgg13 or fer_vgg_tiny) on the same folds.")
         return section
     cnn = DNN_COUNTERPARTS[dnn]
     rows = []
-    for name, model_dir in ((cnn, f"round0/{cnn}"), (dnn, f"ablation/dnn/{dnn}")):
+    pair = ((cnn, run.round0_model(cnn)), (dnn, run.ablations["dnn"]))
+    for name, model_dir in pair:
         rows.append({"model": name, "kind": "DNN" if name in DNN_COUNTERPARTS else "CNN",
                      "parameters": f"{_parameters(name):,}", **_model_scores(run, model_dir)})
     section.table(pd.DataFrame(rows))
     fig, axes = _subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, (name, model_dir) in zip(axes, ((cnn, f"round0/{cnn}"), (dnn, f"ablation/dnn/{dnn}"))):
+    for ax, (name, model_dir) in zip(axes, pair):
         curve = _mean_valid_curve(run, model_dir)
         ax.plot(curve.index, curve["train_acc"], label="training")
         ax.plot(curve.index, curve["valid_acc"], "--", label="held-out fold")
@@ -295,10 +305,10 @@ def dnn_section(run, out):
 def ablation_section(run):
     section = Section("7. Ablations")
     backbone = _ablation_backbone(run, "no_normalize") or run.backbones()[0]
-    rows = [{"variant": "baseline (as configured)", **(_model_scores(run, f"round0/{backbone}") or {})}]
+    rows = [{"variant": "baseline (as configured)", **(_model_scores(run, run.round0_model(backbone)) or {})}]
     for variant, label in (("no_normalize", "without normalisation (pixels / 255)"),
                            ("no_augment", "without augmentation")):
-        scores = _model_scores(run, f"ablation/{variant}/{backbone}")
+        scores = _model_scores(run, run.ablations[variant]) if variant in run.ablations else None
         if scores is None:
             section.text("Not in this run: add `--ablation` to run.sh to train the first backbone without "
                          "normalisation and without augmentation on the same folds.")
@@ -313,9 +323,9 @@ def ablation_section(run):
 
 def pseudo_section(run, out):
     section = Section("8. Pseudo-labelling")
-    table_path = run.workdir / "round1" / "pseudo_labels.csv"
+    table_path = run.pseudo_table
     students = [m for m in run.models if m.name.startswith("round1/")]
-    if not table_path.exists() or not students:
+    if table_path is None or not table_path.exists() or not students:
         section.text("Not in this run: run.sh's pseudo-labelling round (on by default; `--pseudo`) adds "
                      "confident test predictions to a second round of training.")
         return section
@@ -342,7 +352,7 @@ def ensemble_section(run, out):
                 for method in result["blends"]}}
             for i, (name, s) in enumerate(result["models"].items())]
     section.table(pd.DataFrame(rows))
-    units = [json.loads(path.read_text()) for path in sorted(run.workdir.glob("round*/*/fold*/metrics.json"))]
+    units = [json.loads((unit / FINISHED_FILE).read_text()) for m in run.models for unit in run.unit_dirs(m.name)]
     section.text("Each unit's accuracy on its held-out fold (with TTA):")
     section.table(pd.DataFrame({"unit": [u["unit"] for u in units],
                                 "fold OOF accuracy": [round(u["valid_acc"], 4) for u in units],
@@ -373,6 +383,45 @@ def heldout_section(run):
                  f"was written; nothing in the run (epochs, weights, blend, pseudo-labels) read them.")
     section.table(pd.DataFrame([{"split": s["split"], "images": s["images"], "accuracy": round(s["accuracy"], 4)}
                                 for s in scores["splits"]]))
+    return section
+
+
+def shift_section(run, out):
+    section = Section("11. Train against test: the shift check")
+    figures = RunFolder(run.workdir).shift_figures()
+    if not figures or "inputs" not in figures:
+        section.text("Not in this run: it was made before the shift check; run run.sh again to add it.")
+        return section
+    inputs = figures["inputs"]
+    section.text(f"Checked before training, in {inputs['seconds']:.1f} s. Effect: the median difference in "
+                 f"train standard deviations of the statistic ({shift.WARN_EFFECT} or more warns). Adversarial "
+                 f"validation: a gradient-boosted classifier's cross-validated ROC AUC at telling a train image "
+                 f"from a test image: {inputs['adversarial_auc']:.3f} (0.5: no shift; {shift.WARN_AUC} or more "
+                 f"warns). {100 * inputs['duplicate_share']:.1f}% of the test images are exact copies of train "
+                 f"images (FER2013's own files share about {100 * shift.DUPLICATES_EXPECTED:.0f}%; their labels "
+                 f"are never copied into predictions).")
+    section.table(pd.DataFrame([{"statistic": shift.STATS[name], "train median": s["train_median"],
+                                 "test median": s["test_median"], "effect": s["effect"]}
+                                for name, s in inputs["stats"].items()]))
+    fig, axes = _subplots(1, len(shift.STATS), figsize=(12, 3.4))
+    for ax, (name, hist) in zip(axes, inputs["histograms"].items()):
+        edges = np.asarray(hist["edges"])
+        for side in ("train", "test"):
+            counts = np.asarray(hist[side], dtype=float)
+            ax.stairs(counts / max(1.0, counts.sum()), edges, label=side)
+        ax.set(title=shift.STATS[name], ylabel="share of images")
+        ax.legend()
+    section.figure(_save(fig, out / "shift.png"), "Per-image statistics, train against test (shares per bin).")
+    if figures.get("folds"):
+        rows = [{"fold": fold, "distance, test vs held-out": round(f["tvd"], 3),
+                 "confident test images": f["confident_test_rows"],
+                 "distance among confident": round(f["confident_tvd"], 3),
+                 **{f"test {name}": f"{100 * share:.0f}%" for name, share in zip(CLASS_NAMES, f["test"])}}
+                for fold, f in figures["folds"].items()]
+        section.text(f"After the first round, per fold: the class shares its models predict on the test images "
+                     f"against those on their held-out train rows (total variation distance; {shift.WARN_TVD} "
+                     f"warns; {shift.GUARD_TVD} among the confident predictions gives the fold no pseudo-labels).")
+        section.table(pd.DataFrame(rows))
     return section
 
 
@@ -462,7 +511,7 @@ def build(workdir, out, layer=None, per_class=1):
 
 
 def _sections(run, out, layer, per_class):
-    with tqdm(total=10, desc="report", disable=None) as bar:
+    with tqdm(total=11, desc="report", disable=None) as bar:
         def step(section):
             bar.update()
             return section
@@ -472,24 +521,28 @@ def _sections(run, out, layer, per_class):
         sections.append(step(section))
         sections += [step(filters_section(out, explained, layer)), step(dnn_section(run, out)),
                      step(ablation_section(run)), step(pseudo_section(run, out)), step(ensemble_section(run, out)),
-                     step(heldout_section(run))]
+                     step(heldout_section(run)), step(shift_section(run, out))]
     return sections
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fer_kaggle.report", description=__doc__.split("\n\n")[0])
+def add_arguments(parser):
     parser.add_argument("--out", required=True, type=Path, help="folder to write index.html, report.md and PNGs")
-    parser.add_argument("--workdir", default="folds", type=Path, help="the run folder (default: folds)")
+    parser.add_argument("--workdir", type=Path, help="the run folder (default: folds or folds/demo, the one "
+                        "finished last)")
     parser.add_argument("--layer", help="convolution whose filters and outputs are shown (default: a middle one)")
     parser.add_argument("--per-class", type=int, default=1, help="correct and wrong saliency examples per class")
-    args = parser.parse_args(argv)
-    try:
-        build(args.workdir, args.out, args.layer, args.per_class)
-    except FerKaggleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+
+def command(args):
+    """`fer-kaggle report` (cli.py has found args.workdir)."""
+    build(args.workdir, args.out, args.layer, args.per_class)
     print(f"report: {args.out / 'index.html'} (and report.md)")
     return 0
+
+
+def main(argv=None):
+    from .cli import main as cli_main
+    return cli_main(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Stage 4-5: train one unit (round, backbone, fold) and save its probabilities; resume if interrupted.
 
 Reads  the unit's train/valid/test arrays (from the pipeline).
-Writes `<workdir>/round<r>/<backbone>/fold<k>/` (ablations: `ablation/<variant>/<backbone>/fold<k>/`):
+Writes `<workdir>/round<r>/<backbone>-<key>/fold<k>/` (ablations: `ablation/<variant>/<backbone>-<key>/fold<k>/`;
+       runfolder.py names them, `key` standing for the unit's settings):
        config.json, train_pipeline.json, eval_pipeline.json  (what was run)
-       checkpoint.pt   model, optimizer and scheduler after the last finished epoch
+       checkpoint.pt   model, optimizer, scheduler and EMA after the last finished epoch (runfolder.py)
        history.csv     per-epoch train/valid loss and accuracy (valid: on `monitor_rows` of the fold)
        oof.npz         rows, probs (TTA), probs_plain: validation-fold probabilities
        test.npz        ids, probs (TTA), probs_plain: test probabilities
@@ -23,8 +24,8 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from . import augment, recipe, tta
-from .atomic import atomic_path, save_csv, save_npz, save_torch, write_json
+from . import augment, recipe, runfolder, tta
+from .atomic import atomic_path, save_csv, save_npz, write_json
 from .config import TRAINING_FIELDS
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
@@ -39,12 +40,17 @@ class Unit:
     backbone: str
     fold: int
     variant: str = ""  # an ablation ("no_normalize", "no_augment", "dnn"): kept out of the ensemble
+    key: str = ""      # short hash of its settings (runfolder.unit_settings); "": a bare folder (tests, bench)
+
+    @property
+    def model(self):
+        """The folder of this unit's model, e.g. `round0/fer_vgg_cpu-1a2b3c4d` (all its folds)."""
+        stage = f"ablation/{self.variant}" if self.variant else f"round{self.round}"
+        return f"{stage}/{runfolder.model_dir_name(self.backbone, self.key)}"
 
     @property
     def name(self):
-        if self.variant:
-            return f"ablation/{self.variant}/{self.backbone}/fold{self.fold}"
-        return f"round{self.round}/{self.backbone}/fold{self.fold}"
+        return f"{self.model}/fold{self.fold}"
 
     def dir(self, workdir):
         return Path(workdir) / self.name
@@ -70,8 +76,7 @@ class UnitData:
     test_images: np.ndarray
 
 
-def is_finished(unit_dir):
-    return (Path(unit_dir) / "metrics.json").exists()
+is_finished = runfolder.is_finished
 
 
 def resolve_device(name):
@@ -109,17 +114,25 @@ def _optimizer(cfg, model):
     raise FerKaggleError(f"unknown optimizer '{cfg.optimizer}'; choose sgd or adamw")
 
 
+BARE_UNIT_FIELDS = (*TRAINING_FIELDS, "tta")  # what a bare unit (no key) found on disk must match
+
+
 def _check_config(unit, unit_dir, settings):
-    """Write the unit's config, or check that a resumed unit was started with the same one."""
-    path = unit_dir / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = [k for k in TRAINING_FIELDS if saved.get(k) != settings.get(k)]
-        if changed:
-            was = ", ".join(f"{k}={saved.get(k)}" for k in changed)
-            raise FerKaggleError(f"{unit.name} was started with {was}; finish it with the same options, "
-                                 f"or delete {unit_dir} to retrain it")
-    write_json(path, settings)
+    """Refuse a unit folder started or finished with other settings than `settings`.
+
+    A keyed unit's folder name already stands for its settings (the pipeline trains changed settings
+    beside it); this catches a bare folder (tests, bench recipe) reused with other options.
+    """
+    path = unit_dir / runfolder.CONFIG_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    fields = ("unit_key",) if settings["unit_key"] else BARE_UNIT_FIELDS
+    changed = [k for k in fields if saved.get(k) != settings.get(k)]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)} (now {settings.get(k)})" for k in changed)
+        raise FerKaggleError(f"{unit.name} was trained with {was}; use the same options, another "
+                             f"--workdir, or delete {unit_dir} to retrain it")
 
 
 def _save_pipeline(pipeline, path):
@@ -215,25 +228,29 @@ def make_batches(cfg, images, targets, pipeline, device):
     return HostBatches(cfg, images, targets, pipeline, device)
 
 
-def train_unit(cfg, unit, workdir, data, device, deadline=None):
+def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=None):
     """Train `unit` to the end (resuming from its checkpoint), predict, save; returns its metrics.
+
+    `key_settings`: what the unit's key stands for (runfolder.unit_settings), kept in its config.json.
 
     `deadline` (time.monotonic() seconds): stop after the first epoch that ends past it; every call
     trains at least one epoch, so a run repeated with a short --time-limit always moves on.
     """
     unit_dir = unit.dir(workdir)
-    if is_finished(unit_dir):
-        return json.loads((unit_dir / "metrics.json").read_text())
-    unit_dir.mkdir(parents=True, exist_ok=True)
     cfg = unit_config(cfg, unit.backbone)
+    settings = {**cfg.to_dict(), "round": unit.round, "backbone": unit.backbone, "fold": unit.fold,
+                "unit_key": unit.key, "key_settings": key_settings, "train_rows": len(data.train_images),
+                "device": str(device)}
+    _check_config(unit, unit_dir, settings)  # first: a finished unit of other settings is never handed back
+    if is_finished(unit_dir):
+        return json.loads((unit_dir / runfolder.FINISHED_FILE).read_text())
+    unit_dir.mkdir(parents=True, exist_ok=True)
     mean, std = augment.normalize_stats(data.train_images, cfg.normalize)
     train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
     eval_pipe = augment.eval_pipeline(mean, std, cfg.image_size)
-    _check_config(unit, unit_dir, {**cfg.to_dict(), "round": unit.round, "backbone": unit.backbone,
-                                   "fold": unit.fold, "mean": mean, "std": std,
-                                   "train_rows": len(data.train_images), "device": str(device)})
-    _save_pipeline(train_pipe, unit_dir / "train_pipeline.json")
-    _save_pipeline(eval_pipe, unit_dir / "eval_pipeline.json")
+    write_json(unit_dir / runfolder.CONFIG_FILE, {**settings, "mean": mean, "std": std})
+    _save_pipeline(train_pipe, unit_dir / runfolder.TRAIN_PIPELINE_FILE)
+    _save_pipeline(eval_pipe, unit_dir / runfolder.EVAL_PIPELINE_FILE)
 
     train_targets = recipe.targets(data.train_labels)
     loader = make_batches(cfg, data.train_images, train_targets, train_pipe, device)
@@ -241,10 +258,9 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
     step = make_step(cfg, unit.backbone, device, len(loader), train_targets.argmax(1))
     model, optimizer, scheduler, ema, amp_dtype = step.model, step.optimizer, step.scheduler, step.ema, step.amp_dtype
 
-    checkpoint_path = unit_dir / "checkpoint.pt"
     history, start_epoch = [], 0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    state = runfolder.load_checkpoint(unit_dir, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -275,8 +291,8 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None):
                  "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
         if ema is not None:
             state["ema"] = ema.state_dict()
-        save_torch(checkpoint_path, state)
-        save_csv(unit_dir / "history.csv", pd.DataFrame(history))
+        runfolder.save_checkpoint(unit_dir, state)
+        save_csv(unit_dir / runfolder.HISTORY_FILE, pd.DataFrame(history))
         tqdm.write(f"{unit.name} epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.3f} "
                    f"acc {train_acc:.3f} | valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
         if deadline is not None and time.monotonic() > deadline and epoch + 1 < cfg.epochs:
@@ -378,14 +394,14 @@ def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_p
                                amp_dtype=amp_dtype, crop=cfg.crop, logits=True)
     oof, oof_logit = tta.average(oof_views, "prob"), tta.average(oof_views, "logit")
     oof_plain = oof_views[0].softmax(-1)
-    save_npz(unit_dir / "oof.npz", rows=data.valid_rows, probs=oof.numpy(), probs_logit=oof_logit.numpy(),
+    save_npz(unit_dir / runfolder.OOF_FILE, rows=data.valid_rows, probs=oof.numpy(), probs_logit=oof_logit.numpy(),
              probs_plain=oof_plain.numpy())
-    save_npz(unit_dir / "test.npz", ids=data.test_ids, probs=tta.average(test_views, "prob").numpy(),
+    save_npz(unit_dir / runfolder.TEST_FILE, ids=data.test_ids, probs=tta.average(test_views, "prob").numpy(),
              probs_logit=tta.average(test_views, "logit").numpy(), probs_plain=test_views[0].softmax(-1).numpy())
     metrics = {"unit": unit.name, "valid_acc": _accuracy(oof, valid_y),
                "valid_acc_logit": _accuracy(oof_logit, valid_y),
                "valid_acc_plain": _accuracy(oof_plain, valid_y), "tta": cfg.tta,
                "epochs": len(history), "train_seconds": sum(row["seconds"] for row in history),
                "train_rows": len(data.train_images), "valid_rows": len(data.valid_rows)}
-    write_json(unit_dir / "metrics.json", metrics)
+    write_json(unit_dir / runfolder.FINISHED_FILE, metrics)
     return metrics

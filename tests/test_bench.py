@@ -2,6 +2,8 @@
 speed is checked by reading the bench, never by timed tests)."""
 import re
 
+import pytest
+
 from fer_kaggle import bench
 from fer_kaggle.inputs import DEMO_TRAIN
 
@@ -43,6 +45,7 @@ def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("epoch 1/1") == 0
 
 
+@pytest.mark.slow  # a subprocess tree
 def test_tree_counts_every_process_of_the_tree(capsys):
     """Two grandchildren holding 200 MB each at once: the tree's peak is their sum, not one process's."""
     import sys

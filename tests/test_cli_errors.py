@@ -184,12 +184,14 @@ def _no_work_started(run):
     _nothing_trained(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_bad_train_row(cli):
     run = cli["bad_train_row"]
     _assert_refused(run, str(run.paths["train"]), _line(3), "label 7 is outside 0-6")
     _nothing_trained(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_bad_test_row(cli):
     """Both inputs are validated before training: a bad test file stops the run before round 0."""
     run = cli["bad_test_row"]
@@ -197,6 +199,7 @@ def test_bad_test_row(cli):
     _nothing_trained(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_swapped(cli):
     run = cli["swapped"]
     message = _assert_refused(run, str(run.paths["test"]), _line(1), "'id,feature'", "swapped")
@@ -204,6 +207,7 @@ def test_swapped(cli):
     _nothing_trained(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_out_folder_missing(cli):
     run = cli["out_folder_missing"]
     _assert_refused(run, str(run.paths["out"]), "does not exist")
@@ -211,6 +215,7 @@ def test_out_folder_missing(cli):
     _no_work_started(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_out_is_a_folder(cli):
     run = cli["out_is_a_folder"]
     _assert_refused(run, str(run.paths["out"]), "is a folder")
@@ -218,6 +223,7 @@ def test_out_is_a_folder(cli):
     _no_work_started(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_two_positional(cli):
     run = cli["two_positional"]
     _assert_refused(run, str(run.paths["test"]), "is not a submission", "refusing to overwrite", "TRAIN TEST OUT")
@@ -225,12 +231,14 @@ def test_two_positional(cli):
     _no_work_started(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_four_positional(cli):
     run = cli["four_positional"]
     _assert_refused(run, "got 4 paths", "TRAIN TEST OUT", "DATA OUT")
     _no_work_started(run)
 
 
+@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
 def test_missing_train_file(cli):
     run = cli["missing_train_file"]
     _assert_refused(run, str(run.paths["train"]), "no such file")
@@ -246,6 +254,7 @@ def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow  # times real steps of the full preset's models
 def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypatch):
     import torch
     from fer_kaggle.pipeline import main

@@ -31,6 +31,7 @@ def _arrays(workdir, fold):
         return {k: oof[k] for k in oof.files} | {f"test_{k}": test[k] for k in test.files}
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, monkeypatch):
     """Each unit gets its own arrays and seeds in its worker: with the same thread count (one), the pool's
     files equal the sequential loop's, byte for byte, whatever order the units finish in."""
@@ -50,6 +51,7 @@ def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, 
             assert np.array_equal(sequential[key], pooled[key]), (fold, key)
 
 
+@pytest.mark.slow
 def test_an_error_in_a_worker_stops_the_round_with_its_message(tmp_path, demo_train, demo_test):
     cfg = CFG.replace(lr=1e30, optimizer="sgd", amp="off")  # the loss overflows in the first steps
     with pytest.raises(FerKaggleError, match="the training loss became"):

@@ -292,3 +292,17 @@ def test_figures_are_readable_pngs_with_class_names(tmp_path, faces, figure_text
         top = int(np.argmax(acts.mean(axis=(1, 2))))
         assert f"channel {top}" in figure_texts[str(path)]
         assert figure_texts[str(path)].count("channel ") == 8
+
+
+def test_load_unit_model_has_the_weights_that_predicted(finished_run):
+    """A unit trained with --ema predicts with its EMA weights: the report must explain those, not the raw
+    ones (today's main loaded the raw weights)."""
+    from fer_kaggle.runfolder import load_checkpoint
+    workdir, _ = finished_run
+    ema_dir = workdir / "round0/fer_resnet_tiny/fold1"  # ema 0.9
+    state = load_checkpoint(ema_dir)
+    model, _, _ = explain.load_unit_model(ema_dir)
+    weights = model.state_dict()
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    assert all(torch.equal(weights[k], ema[k]) for k in weights)
+    assert any(not torch.equal(weights[k], state["model"][k]) for k in weights if weights[k].is_floating_point())

@@ -70,7 +70,7 @@ def test_fer2013_run_scores_public_and_private_once(fer2013_runs, capsys):
     splits = {s["split"]: s for s in heldout.load_scores(run["workdir"])["splits"]}
     assert splits["PublicTest"]["accuracy"] == pytest.approx(public)
     assert splits["all"]["accuracy"] == pytest.approx(correct.mean())
-    section = report.heldout_section(report.Run(run["workdir"], *[None] * 5))
+    section = report.heldout_section(report.Run(run["workdir"], *[None] * 7))
     assert "Not used for any choice" in section.blocks[0]
     table = section.blocks[1]
     assert table["split"].tolist() == ["PublicTest", "PrivateTest", "all"]

@@ -23,11 +23,11 @@ def test_each_fold_uses_only_its_own_teachers(tmp_path):
             probs = np.full((4, 7), 0.01, dtype=np.float32)
             probs[fold, fold] = 0.94  # each fold's teachers are sure of one test row only: row `fold`
             save_npz(tmp_path / f"round0/{backbone}/fold{fold}/test.npz", ids=ids, probs=probs)
-    table = pseudo.pseudo_labels(tmp_path, backbones, n_folds, threshold=0.9)
+    table, key = pseudo.pseudo_labels(tmp_path, [f"round0/{b}" for b in backbones], n_folds, threshold=0.9)
     for fold in range(n_folds):
         rows = table[table["fold"] == fold]
         assert rows["id"].tolist() == [ids[fold]] and rows["label"].tolist() == [fold]
-    assert (tmp_path / "round1/pseudo_labels.csv").exists()
+    assert (tmp_path / f"round1/pseudo_labels-{key}.csv").exists()
     counts = pseudo.counts_per_class(table, n_folds)
     assert counts.loc["angry", "fold0"] == 1 and counts.to_numpy().sum() == 3
 
@@ -38,7 +38,7 @@ def test_teachers_are_averaged(tmp_path):
     unsure = np.full((2, 7), 1 / 7, dtype=np.float32)
     save_npz(tmp_path / "round0/a/fold0/test.npz", ids=ids, probs=sure)
     save_npz(tmp_path / "round0/b/fold0/test.npz", ids=ids, probs=unsure)
-    _, mean = pseudo.teacher_probs(tmp_path, ["a", "b"], 0)
+    _, mean = pseudo.teacher_probs(tmp_path, ["round0/a", "round0/b"], 0)
     assert np.allclose(mean, (sure + unsure) / 2)
 
 

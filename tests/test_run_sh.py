@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fer_kaggle.data import read_test
 from fer_kaggle.submit import read_submission
@@ -22,6 +23,14 @@ def run_sh(*args, **kwargs):
                           timeout=2400, **kwargs)  # generous: a loaded machine is slow, not hung
 
 
+def test_run_sh_help_lists_the_commands_and_the_options():
+    result = run_sh("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for word in ("ensemble", "report", "predict", "export", "bench", "--epochs", "--strict-shift"):
+        assert word in result.stdout, word
+
+
+@pytest.mark.slow
 def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_train):
     result = run_sh("--workdir", tmp_path / "run", "--submissions", tmp_path / "subs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,9 +46,9 @@ def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_t
     majority = np.bincount(labels).max() / len(labels)
     assert oof_acc > majority + 0.03, f"ensemble OOF accuracy {oof_acc:.3f} vs majority class {majority:.3f}"
     assert f"ensemble OOF accuracy: {oof_acc:.4f}" in result.stdout
-    assert {"round0/fer_vgg_tiny", "round1/fer_vgg_tiny"} <= set(summary["models"])
+    assert {"round0/fer_vgg_tiny", "round1/fer_vgg_tiny"} <= {name.rsplit("-", 1)[0] for name in summary["models"]}
     assert "pseudo-labelling: ensemble OOF accuracy" in result.stdout
-    assert (tmp_path / "run" / "round1" / "pseudo_labels.csv").exists()
+    assert len(list((tmp_path / "run" / "round1").glob("pseudo_labels-*.csv"))) == 1
 
     # re-ensembling what is on disk gives the same submission
     again = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "fer_kaggle.ensemble", "--workdir",
@@ -55,22 +64,25 @@ def _small_train(path, rows=900):
     return path
 
 
+@pytest.mark.slow
 def test_kill_9_then_same_command_resumes(tmp_path):
     train = _small_train(tmp_path / "train.csv")
     out = tmp_path / "out.csv"
     command = ["bash", str(ROOT / "run.sh"), str(train), str(DEMO / "test.csv.xz"), str(out),
                "--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "4",
                "--no-pseudo", "--workdir", str(tmp_path / "run"), "--submissions", str(tmp_path / "subs")]
-    unit0, unit1 = (tmp_path / "run" / "round0" / "fer_vgg_tiny" / f"fold{k}" for k in (0, 1))
+    round0 = tmp_path / "run" / "round0"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + 1200
-    while not (unit1 / "checkpoint.pt").exists():
+    while not list(round0.glob("fer_vgg_tiny-*/fold1/checkpoint.pt")):
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    [model] = round0.glob("fer_vgg_tiny-*")  # the folder names a hash of the unit's settings
+    unit0, unit1 = model / "fold0", model / "fold1"
     assert not (unit1 / "metrics.json").exists(), "killed too late: fold 1 had already finished"
     assert not out.exists()
     folds_before = (tmp_path / "run" / "folds.csv").read_bytes()

@@ -28,7 +28,7 @@ def test_time_limit_stops_after_an_epoch_and_the_same_command_resumes(tmp_path, 
     assert code == 3, captured.err[-2000:]
     assert "time limit of 0.0001 minutes reached" in captured.err and "run the same command again" in captured.err.lower()
     assert not out.exists(), "no submission from an unfinished run"
-    unit = tmp_path / "stopped" / "round0" / "fer_vgg_tiny" / "fold0"
+    [unit] = (tmp_path / "stopped" / "round0").glob("fer_vgg_tiny-*/fold0")
     assert (unit / "checkpoint.pt").exists() and not (unit / "metrics.json").exists()
     assert not list((tmp_path / "stopped").rglob("*.tmp-*"))
 

@@ -64,11 +64,18 @@ def test_finished_unit_is_skipped(tmp_path, small_unit_data, monkeypatch):
     assert train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU) == first
 
 
+def test_a_finished_unit_is_not_handed_back_for_other_settings(tmp_path, small_unit_data):
+    """Today's main returned a finished unit's metrics before comparing its settings."""
+    train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
+    with pytest.raises(FerKaggleError, match=r"was trained with tta=flip_shift \(now none\)"):
+        train_unit(CFG.replace(tta="none"), UNIT, tmp_path, small_unit_data, CPU)
+
+
 def test_resume_with_other_options_is_refused(tmp_path, small_unit_data, monkeypatch):
     monkeypatch.setattr(train, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
-    with pytest.raises(FerKaggleError, match="was started with epochs=2"):
+    with pytest.raises(FerKaggleError, match=r"was trained with epochs=2 \(now 5\)"):
         train_unit(CFG.replace(epochs=5), UNIT, tmp_path, small_unit_data, CPU)
 
 

@@ -1,0 +1,155 @@
+"""The one command line: `fer-kaggle`, `python -m fer_kaggle` and `bash run.sh` are the same program.
+
+    fer-kaggle [run] TRAIN TEST OUT [options]   the whole competition run ("run" may be left out)
+    fer-kaggle ensemble [--all]                 re-blend a run on disk into a submission
+    fer-kaggle report --out DIR                 the analysis report of a run
+    fer-kaggle predict PHOTO...                 emotions of the faces in photos
+    fer-kaggle export --out model.onnx          the run's ensemble as one ONNX graph
+    fer-kaggle bench [train|recipe|tree|parse]  speed and recipe benchmarks
+
+A first word that names a command is that command, even where a file or folder of that name exists
+here: give such a folder as data with a slash (`./report`) or after the word run (`run report out.csv`).
+`python -m fer_kaggle.<command>` still works and is the same as `fer-kaggle <command>`.
+The options of `run` come from config.Config (name, type, help) and show each preset's values.
+"""
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from .config import PRESETS, Config
+from .errors import FerKaggleError
+
+HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
+
+COMMANDS = {  # word -> (module, one line of help); a module has add_arguments(parser) and command(args)
+    "run": ("pipeline", "the whole competition run: folds, units, TTA, ensemble, pseudo-labels, submission"),
+    "ensemble": ("ensemble", "re-blend a run's models on disk into a submission"),
+    "report": ("report", "the analysis report of a finished run (index.html and report.md)"),
+    "predict": ("predict", "emotions of the faces in photos or image folders, with a finished run"),
+    "export": ("export", "a finished run's ensemble (or one unit) as one ONNX graph"),
+    "bench": ("bench", "speed of training and inference, recipe ablations, a command's time and memory"),
+}
+READS_A_RUN = {"ensemble", "report", "predict", "export"}  # --workdir defaults to the run finished last
+
+
+def split_command(argv):
+    """(command word, the rest): the first word if it names a command, else "run" with everything."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return "run", argv
+
+
+# ---------------------------------------------------------------- run's options, from Config
+
+def _shown(value):
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def preset_values(name):
+    """'(default X)' when every preset agrees, else '(demo X, cpu Y, fast Z, full W)'."""
+    values = {preset: getattr(cfg, name) for preset, cfg in PRESETS.items()}
+    if len({_shown(v) for v in values.values()}) == 1:
+        return f"(default {_shown(next(iter(values.values())))})"
+    return "(" + ", ".join(f"{preset} {_shown(value)}" for preset, value in values.items()) + ")"
+
+
+def _comma_list(text):
+    return tuple(name for name in text.split(",") if name)
+
+
+def add_config_options(parser):
+    """One option per Config field: --epochs, --no-pseudo, ...; None when not given (the preset decides)."""
+    for field in dataclasses.fields(Config):
+        if field.name == "preset":
+            continue
+        meta, default = field.metadata, field.default
+        help_text = f"{meta['help']} {preset_values(field.name)}".replace("%", "%%")
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            kind = _comma_list if isinstance(default, tuple) else type(default)
+            parser.add_argument(flag, dest=field.name, type=kind, choices=meta["choices"], default=None,
+                                metavar=meta["metavar"], help=help_text)
+
+
+def add_run_arguments(parser):
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="TRAIN TEST OUT (CSVs: label,feature and id,feature, or emotion,pixels and pixels; "
+                        "or two image folders), or DATA OUT (fer2013.csv, icml_face_data.csv, or a folder with "
+                        "train/ and test/), or nothing for the bundled demo; CSVs may be .gz or .xz")
+    from .inputs import FORMATS
+    parser.add_argument("--format", choices=FORMATS, help="insist on one input form instead of recognising it")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: demo without "
+                        "files; with files, full where a CUDA device is present and cpu where not)")
+    parser.add_argument("--workdir", type=Path, help="run folder for folds, units and cache (default: folds, "
+                        "folds/demo for the demo)")
+    parser.add_argument("--submissions", type=Path, help="folder for the named submission files "
+                        "(default: submissions)")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="also write the analysis report "
+                        "(index.html, report.md) here")
+    add_config_options(parser)
+
+
+# ---------------------------------------------------------------- the parser
+
+def build_parser(command=None):
+    """The parser; only `command`'s own options are built (a report's imports cost seconds)."""
+    parser = argparse.ArgumentParser(
+        prog="fer-kaggle", description="Win the FER2013 facial-expression competition with one command.",
+        epilog="With no command word, the arguments are run's: fer-kaggle TRAIN TEST OUT [options]. "
+               "A command word wins over a file or folder of that name: write ./NAME for the folder.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}
+    for word, (module, help_text) in COMMANDS.items():
+        subparser = parser.commands[word] = sub.add_parser(
+            word, help=help_text, description=help_text,
+            epilog="Options left out take the preset's value (shown in brackets)." if word == "run" else None)
+        if word == command:
+            if word == "run":
+                add_run_arguments(subparser)
+            else:
+                importlib.import_module(f"fer_kaggle.{module}").add_arguments(subparser)
+    return parser
+
+
+def _default_run(args):
+    """Fill --workdir of a command that reads a run, and say which run it is."""
+    if getattr(args, "workdir", None) is None:
+        from .runfolder import find_default_run
+        folder, why = find_default_run(HOME)
+        args.workdir = folder.path
+        print(f"run folder: {folder} ({why})", file=sys.stderr)
+    if hasattr(args, "submissions") and args.submissions is None:
+        args.submissions = HOME / "submissions"
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):  # the commands, then run's options: what run.sh users look for
+        parser = build_parser("run")
+        print(parser.format_help())
+        print(parser.commands["run"].format_help())
+        return 0
+    command, rest = split_command(argv)
+    args = build_parser(command).parse_args([command, *rest])
+    module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
+    from .train import TimeLimitReached
+    try:
+        if command in READS_A_RUN:
+            _default_run(args)
+        return module.command(args)
+    except FerKaggleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TimeLimitReached as exc:
+        print(f"\ntime limit of {args.time_limit} minutes reached: {exc}; everything so far is saved. "
+              f"Run the same command again to continue (exit status 3: not finished)", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return 130

@@ -1,0 +1,329 @@
+"""The run folder: the one owner of every path in it, its units, its checkpoints and its parse cache.
+
+    <workdir>/
+      run.lock                   held (flock) by the run that trains here; names its host and process
+      run.json                   the latest run: its settings, its models and ablations, when it finished
+      folds.csv, folds.json      (folds.py) the split, made once per train file
+      cache/train-<fp>.npz       the parsed arrays, named (images, labels / ids, images, labels, usage)
+      round0/<backbone>-<key>/fold<k>/   one unit (train.py writes it; see there for its files)
+      round1/<backbone>-<key>/fold<k>/   a pseudo-labelling student
+      round1/pseudo_labels-<key>.csv     (pseudo.py) the table its students learned from
+      ablation/<variant>/<backbone>-<key>/fold<k>/
+      shift.json                         (shift.py) train against test: statistics, AUC, class shares
+      ensemble.json                      (ensemble.py) the blend and its weights
+      heldout_labels.npz, heldout.json   (heldout.py) test labels an input carried, and their score
+
+A unit's folder name carries `key`: a short hash of everything that changes its weights or its saved
+predictions (unit_key). A run with other settings trains new units beside the old ones, and changing
+back reuses them; the run's ensemble blends exactly its own units (run.json), never a stale one.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import save_npz, save_torch, write_json
+from .errors import FerKaggleError
+
+RUN_FILE, LOCK_FILE, FOLDS_META = "run.json", "run.lock", "folds.json"
+# a unit's files (train.py writes them; see there for what each holds)
+CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE = "config.json", "history.csv", "checkpoint.pt"
+TRAIN_PIPELINE_FILE, EVAL_PIPELINE_FILE = "train_pipeline.json", "eval_pipeline.json"
+OOF_FILE, TEST_FILE = "oof.npz", "test.npz"
+FINISHED_FILE = "metrics.json"  # a unit is finished once it exists (written last)
+
+# What a unit's key holds, besides the backbone, its round and the data: every setting that changes
+# the weights it learns or the probabilities it saves. Left out on purpose: device, compile, workers,
+# parallel_units, time_limit, monitor_rows (rounding or the curves at most), report, ablation.
+KEY_FIELDS = ("seed", "folds", "image_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+              "warmup_epochs", "schedule", "label_smoothing", "mixup", "cutmix", "mix_prob", "ema",
+              "class_balance", "augment", "erase", "crop", "normalize", "tta")
+PSEUDO_KEY_FIELDS = ("pseudo_threshold", "pseudo_soft")  # round 1 only: round 0 ignores them
+
+
+def short_hash(payload):
+    """8 hex digits of sha256 over a JSON-able value (keys sorted): names a unit's settings."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def arrays_fingerprint(*arrays):
+    """16 hex digits of sha256 over arrays' bytes: names the data a unit learned from or predicted,
+    whatever file form carried it (CSV, .xz, image folders) and whatever test labels came along."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def unit_settings(cfg, round_, augment_on, amp, data_fingerprints, pseudo_table_key=None):
+    """The settings a unit's key is made of (also saved in its config.json as "key_settings").
+
+    `cfg` is the unit's config with per-backbone choices resolved (models.unit_config); `augment_on`
+    and `amp` as resolved on the device ("device"/"host", "bf16"/"off"): where "auto" lands changes
+    the augmentation's random draws and the arithmetic. Round 1 adds the pseudo-label table's key.
+    """
+    settings = {name: getattr(cfg, name) for name in KEY_FIELDS}
+    settings.update(augment_on=augment_on, amp=amp, data=list(data_fingerprints))
+    if round_ == 1:
+        settings.update({name: getattr(cfg, name) for name in PSEUDO_KEY_FIELDS}, pseudo_table=pseudo_table_key)
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+
+
+def model_dir_name(backbone, key=""):
+    """`fer_vgg_cpu-1a2b3c4d`, or the bare backbone for a unit without a key (tests, bench recipe)."""
+    return f"{backbone}-{key}" if key else backbone
+
+
+def backbone_of(model_name):
+    """The backbone of a model name such as `round0/fer_vgg_cpu-1a2b3c4d` (or `fer_vgg_cpu-1a2b3c4d`)."""
+    last = model_name.rstrip("/").rsplit("/", 1)[-1]
+    base, _, key = last.rpartition("-")
+    return base if base and len(key) == 8 and all(c in "0123456789abcdef" for c in key) else last
+
+
+def is_finished(unit_dir):
+    return (Path(unit_dir) / FINISHED_FILE).exists()
+
+
+# ---------------------------------------------------------------- checkpoints: one save, one load
+
+def save_checkpoint(unit_dir, state):
+    save_torch(Path(unit_dir) / CHECKPOINT_FILE, state)
+
+
+def load_checkpoint(unit_dir, device="cpu"):
+    """A unit's checkpoint, or None before its first epoch; an unreadable one is a clear error."""
+    path = Path(unit_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise FerKaggleError(f"{path}: unreadable checkpoint ({exc}); delete its unit folder and "
+                             f"run run.sh again to retrain it") from None
+
+
+def predicting_weights(state):
+    """The weights a unit predicts with: its EMA copy when it kept one (--ema), else the model's."""
+    if "ema" not in state:
+        return state["model"]
+    return {key.removeprefix("module."): value for key, value in state["ema"].items()}  # timm ModelEmaV3
+
+
+# ---------------------------------------------------------------- the parse cache, named arrays
+
+TRAIN_ARRAYS = ("images", "labels")
+TEST_ARRAYS = ("ids", "images", "labels", "usage")  # labels and usage only where the input carries them
+
+
+def cache_path(cache_dir, kind, file_fingerprint):
+    """Where the parsed arrays of a `kind` ("train" or "test") input with this fingerprint are cached."""
+    return Path(cache_dir) / f"{kind}-{file_fingerprint[:16]}.npz"
+
+
+def save_cache(path, arrays):
+    """{name: array or None}: the arrays that are not None, under their names."""
+    save_npz(path, **{name: array for name, array in arrays.items() if array is not None})
+
+
+def load_cache(path, names):
+    """{name: array or None} for `names`; None when there is no cache, or one from before named arrays."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        if names[0] not in saved.files:
+            return None  # an older cache (arr_0, arr_1, ...): parsed again
+        return {name: saved[name] if name in saved.files else None for name in names}
+
+
+# ---------------------------------------------------------------- the run folder
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self):
+        return str(self.path)
+
+    @property
+    def cache_dir(self):
+        return self.path / "cache"
+
+    def unit_dir(self, unit_name):
+        return self.path / unit_name
+
+    def pseudo_table_path(self, key):
+        return self.path / "round1" / f"pseudo_labels-{key}.csv"
+
+    @property
+    def folds_csv(self):
+        return self.path / "folds.csv"
+
+    @property
+    def folds_json(self):
+        return self.path / FOLDS_META
+
+    @property
+    def ensemble_json(self):
+        return self.path / "ensemble.json"
+
+    @property
+    def heldout_labels(self):
+        return self.path / "heldout_labels.npz"
+
+    @property
+    def heldout_scores(self):
+        return self.path / "heldout.json"
+
+    def folds_meta(self):
+        """`folds.json` (seed, folds, train fingerprint, duplicate counts), or None before the folds."""
+        path = self.path / FOLDS_META
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def require_run(self):
+        """The folds' metadata, or an error saying there is no run here (and where the demo's is)."""
+        meta = self.folds_meta()
+        if meta is None:
+            demo = RunFolder(self.path / "demo")
+            hint = f"; the demo run is in {demo}: pass --workdir {demo}" if demo.folds_meta() else ""
+            raise FerKaggleError(f"{self}: no run here (no {FOLDS_META}); run run.sh first or pass --workdir{hint}")
+        return meta
+
+    def train_images(self):
+        """The parsed train images of this run (from its cache)."""
+        path = cache_path(self.cache_dir, "train", self.require_run()["train_fingerprint"])
+        arrays = load_cache(path, TRAIN_ARRAYS)
+        if arrays is None:
+            raise FerKaggleError(f"{path}: the run's parsed train images are gone; run run.sh again to rebuild them")
+        return arrays["images"]
+
+    def test_images(self):
+        """The test images of the latest parse here (the newest test cache), or None."""
+        caches = sorted(self.cache_dir.glob("test-*.npz"), key=lambda p: p.stat().st_mtime)
+        arrays = load_cache(caches[-1], TEST_ARRAYS) if caches else None
+        return (arrays["images"], caches[-1]) if arrays is not None else None
+
+    # ---- models and units
+
+    def unit_dirs(self, model):
+        """The fold folders of a model (e.g. round0/fer_vgg_cpu-1a2b3c4d), in fold order."""
+        return sorted((self.path / model).glob("fold*/"), key=lambda p: int(p.name[4:]))
+
+    def ablation_models(self):
+        """{variant: model folder} of the ablations found here (an older run, without run.json's record)."""
+        return {p.parent.name: f"ablation/{p.parent.name}/{p.name}" for p in sorted(self.path.glob("ablation/*/*/"))}
+
+    def model_dirs(self):
+        """Every model folder of the ensemble rounds (round<r>/<name>), sorted."""
+        return sorted(p for p in self.path.glob("round*/*/") if p.is_dir())
+
+    def finished_units(self):
+        """Names of every finished unit (ensemble rounds and ablations), sorted."""
+        found = [*self.path.glob(f"round*/*/fold*/{FINISHED_FILE}"),
+                 *self.path.glob(f"ablation/*/*/fold*/{FINISHED_FILE}")]
+        return sorted(p.parent.relative_to(self.path).as_posix() for p in found)
+
+    # ---- the latest run's record
+
+    def record(self):
+        """run.json: the latest run's settings, models and ablations; None before a run wrote it."""
+        path = self.path / RUN_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def shift_json(self):
+        return self.path / "shift.json"
+
+    def shift_figures(self):
+        """shift.json: the train/test shift check's figures (inputs, and per fold after round 0), or None."""
+        return json.loads(self.shift_json.read_text()) if self.shift_json.exists() else None
+
+    def write_shift(self, **fields):
+        write_json(self.shift_json, {**(self.shift_figures() or {}), **fields})
+
+    def write_record(self, **fields):
+        """Update run.json with `fields` (the pipeline writes it as a run goes: start, round 1, end)."""
+        record = {**(self.record() or {}), **fields}
+        write_json(self.path / RUN_FILE, record)
+        return record
+
+    def current_models(self):
+        """The latest run's ensemble models (round<r>/<name>), or None when no run recorded them."""
+        record = self.record()
+        if record is None or "models" not in record:
+            return None
+        return list(record["models"])
+
+    def finished_at(self):
+        """When the latest run here finished (seconds since the epoch), or None."""
+        record = self.record() or {}
+        return record.get("finished")
+
+    # ---- the lock
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold this folder for one run: a second run here is refused at once, naming the holder.
+
+        An flock: the kernel releases it when its process ends, however it ends (kill -9 included), so a
+        stopped run's lock is simply taken over. A run's own workers (units side by side) never take it.
+        """
+        import fcntl  # POSIX; run.sh runs on Linux and macOS (and WSL)
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise FerKaggleError(f"{self} is in use by a run still going ({holder}); wait for it to end, "
+                                     f"or give this run another --workdir") from None
+            handle.seek(0)
+            previous = handle.read().strip()
+            if previous:
+                print(f"{self}: took over the lock of a run that stopped without releasing it ({previous})")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"host {socket.gethostname()}, process {os.getpid()}, since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                handle.seek(0)
+                handle.truncate()  # empty: released cleanly (a later run has nothing to take over)
+                handle.flush()
+        finally:
+            handle.close()  # closing releases the flock
+
+
+def find_default_run(home):
+    """(RunFolder, why) for commands that read a run when none is named: `folds` or `folds/demo`.
+
+    Where both hold a run, the most recently finished one wins (an unfinished one counts as oldest).
+    """
+    home = Path(home)
+    candidates = [RunFolder(home / "folds"), RunFolder(home / "folds" / "demo")]
+    runs = [run for run in candidates if run.folds_meta() is not None]
+    if not runs:
+        return candidates[0], "the default"
+    if len(runs) == 1:
+        return runs[0], "the only run here"
+    newest = max(runs, key=lambda run: run.finished_at() or 0.0)
+    return newest, "the most recently finished of folds and folds/demo; --workdir chooses"

@@ -1,0 +1,90 @@
+"""One command line: `fer-kaggle COMMAND`, `python -m fer_kaggle[.COMMAND]` and `bash run.sh` agree."""
+import importlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fer_kaggle import cli
+from fer_kaggle.config import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*argv, "--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    for word in ("run", "ensemble", "report", "predict", "export", "bench"):
+        assert f"\n    {word} " in printed, word
+
+
+def test_run_help_shows_each_presets_values(capsys):
+    """Today's main showed no defaults (all None until the preset resolves) and a preset 'gpu' that does not
+    exist."""
+    printed = " ".join(_help(capsys, "run").split())
+    epochs = ", ".join(f"{name} {cfg.epochs}" for name, cfg in PRESETS.items())
+    assert f"({epochs})" in printed
+    assert "(default 2013)" in printed  # --seed: the same in every preset
+    assert "gpu" not in printed.lower().replace("gpu_augment", "")
+    for name in PRESETS:
+        assert name in printed
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["report", "--out", "r"], "report"),
+    (["ensemble"], "ensemble"),
+    (["./report", "out.csv"], "run"),
+    (["train.csv", "test.csv", "out.csv"], "run"),
+    (["run", "report", "out.csv"], "run"),
+    ([], "run"),
+])
+def test_a_command_word_wins_over_data(argv, command):
+    assert cli.split_command(argv)[0] == command
+
+
+def test_a_word_is_a_command_even_where_a_folder_has_its_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "report").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert "--per-class" in _help(capsys, "report")
+
+
+@pytest.mark.parametrize("command", ["ensemble", "report", "export", "predict"])
+def test_every_command_reports_errors_the_same_way(command, tmp_path, capsys):
+    extra = {"report": ["--out", str(tmp_path / "r")], "export": ["--out", str(tmp_path / "m.onnx")],
+             "predict": [str(ROOT / "fer_kaggle" / "demo_data")]}.get(command, [])
+    module = importlib.import_module(f"fer_kaggle.{command}")
+    code = module.main(["--workdir", str(tmp_path / "nothing"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'nothing'}: no run here (no folds.json); run run.sh first or pass --workdir"]
+    assert "Traceback" not in err
+
+
+def test_fer_kaggle_is_an_installed_command():
+    """setup.cfg declares it, and the environment running the tests (run.sh's .venv) has it."""
+    import configparser
+    import sys
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert setup["options.entry_points"]["console_scripts"].split() == ["fer-kaggle", "=", "fer_kaggle.cli:main"]
+    script = Path(sys.executable).parent / "fer-kaggle"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ensemble" in result.stdout and "--epochs" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_sh_test_is_the_test_suite_even_beside_a_test_folder(tmp_path):
+    """Today's main took `bash run.sh test` for data when the current folder held a test/ folder."""
+    (tmp_path / "test").mkdir()
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), "test", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pytest" in result.stdout + result.stderr
