@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
             "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
-            "10. Held-out test accuracy"]
+            "10. Held-out test accuracy", "11. Train against test: the shift check"]
 
 
 def _head(name, rows, path):
@@ -47,6 +47,18 @@ def test_every_section_is_in_both_pages(built):
     for title in SECTIONS:
         assert f"## {title}" in markdown and f"<h2>{title}</h2>" in page
     assert "Not in this run" not in markdown
+
+
+def test_shift_section_shows_the_runs_figures(built):
+    run_dir, out = built
+    figures = json.loads((run_dir / "shift.json").read_text())
+    markdown = (out / "report.md").read_text()
+    section = markdown.split("## 11. Train against test")[1]
+    assert f"test image: {figures['inputs']['adversarial_auc']:.3f}" in section
+    sharp = figures["inputs"]["stats"]["sharpness"]
+    assert f"| sharpness (mean |Laplacian|) | {sharp['train_median']} | {sharp['test_median']} |" in section
+    assert "shift.png" in section and (out / "shift.png").exists()
+    assert section.count("\n| 0 | ") + section.count("\n| 1 | ") == 2  # one row per fold after round 0
 
 
 def test_every_named_image_exists_and_is_not_blank(built):
