@@ -41,6 +41,14 @@ def test_a_blurred_test_copy_is_warned_with_both_figures(real):
     assert f"adversarial AUC {figures['adversarial_auc']:.2f}" in warning and figures["adversarial_auc"] > 0.9
 
 
+def test_a_blurred_train_file_is_warned(real):
+    """The old train file's fault: every train image blurred, the test images sharp."""
+    train, test = real
+    figures = shift.check_inputs(blurred(train, 1.5), test)
+    warning = shift.input_warning(figures, "train.csv", "test.csv")
+    assert warning is not None and "test images are much sharper than train" in warning
+
+
 def test_a_contrast_stretched_test_copy_is_warned(real):
     train, test = real
     figures = shift.check_inputs(train, contrast_stretched(test, 1.5))
