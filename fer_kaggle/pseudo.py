@@ -41,24 +41,25 @@ def select(test_probs, threshold):
     return chosen, test_probs[chosen].argmax(1), confidence[chosen]
 
 
-def teacher_probs(workdir, teachers, fold):
-    """Mean test probabilities of fold `fold`'s round-0 teachers (model folders, e.g. round0/fer_vgg_cpu-1a2b3c4d)."""
-    ids, probs = None, []
+def _teachers_mean(workdir, teachers, fold, file_name, index_name):
+    """(the saved `index_name` array, the teachers' mean "probs") from each teacher's fold-`fold` file."""
+    index, probs = None, []
     for model in teachers:
-        with np.load(Path(workdir) / model / f"fold{fold}" / runfolder.TEST_FILE) as saved:
-            ids = saved["ids"]
+        with np.load(Path(workdir) / model / f"fold{fold}" / file_name) as saved:
+            index = saved[index_name]
             probs.append(saved["probs"])
-    return ids, np.mean(probs, axis=0)
+    return index, np.mean(probs, axis=0)
+
+
+def teacher_probs(workdir, teachers, fold):
+    """Mean test probabilities of fold `fold`'s round-0 teachers (model folders, e.g. round0/fer_vgg_cpu-1a2b3c4d):
+    (ids, probs)."""
+    return _teachers_mean(workdir, teachers, fold, runfolder.TEST_FILE, "ids")
 
 
 def teacher_oof(workdir, teachers, fold):
-    """Mean held-out probabilities of fold `fold`'s round-0 teachers on fold `fold` (rows, probs)."""
-    rows, probs = None, []
-    for model in teachers:
-        with np.load(Path(workdir) / model / f"fold{fold}" / runfolder.OOF_FILE) as saved:
-            rows = saved["rows"]
-            probs.append(saved["probs"])
-    return rows, np.mean(probs, axis=0)
+    """Mean held-out probabilities of fold `fold`'s round-0 teachers on fold `fold`: (rows, probs)."""
+    return _teachers_mean(workdir, teachers, fold, runfolder.OOF_FILE, "rows")
 
 
 def pseudo_labels(workdir, teachers, n_folds, threshold, refused=()):
