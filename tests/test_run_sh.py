@@ -75,7 +75,7 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + 1200
-    while not list(round0.glob("fer_vgg_tiny-*/fold1/checkpoint.pt")):
+    while not list(round0.glob("fer_vgg_tiny-*/fold1/history.csv")):  # written just after the checkpoint
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
