@@ -5,9 +5,14 @@
 Public API: `read_train`, `read_test`, `CLASS_NAMES`, `FerKaggleError`. Importing the
 package registers its `fer_*` backbones in timm's registry.
 """
-from . import models  # noqa: F401  (registers fer_* backbones with timm)
-from .data import CLASS_NAMES, read_test, read_train
-from .errors import FerKaggleError
+import os
+
+# albumentations asks PyPI for a newer version on import: a timeout on an offline GPU or Kaggle machine
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from . import models  # noqa: E402,F401  (registers fer_* backbones with timm)
+from .data import CLASS_NAMES, read_test, read_train  # noqa: E402
+from .errors import FerKaggleError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["CLASS_NAMES", "FerKaggleError", "read_test", "read_train"]

@@ -88,7 +88,11 @@ def make_scheduler(schedule, optimizer, epochs, steps_per_epoch, warmup_epochs, 
 
 
 def make_ema(model, decay):
-    """A float32 EMA of the weights (with timm's warm-up, so early steps are not dominated by the init)."""
+    """An EMA of the weights (with timm's warm-up, so early steps are not dominated by the init).
+
+    Float32 like the weights it copies (autocast leaves parameters in float32). No `dtype=` argument:
+    timm 1.0.9-1.0.28, which setup.cfg accepts and GPU images preinstall, does not have it.
+    """
     if decay <= 0:
         return None
-    return ModelEmaV3(model, decay=decay, use_warmup=True, dtype=torch.float32)
+    return ModelEmaV3(model, decay=decay, use_warmup=True)

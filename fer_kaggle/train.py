@@ -81,10 +81,19 @@ is_finished = runfolder.is_finished
 
 def resolve_device(name):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return configure_backend(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "cuda" and not torch.cuda.is_available():
         raise FerKaggleError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
-    return torch.device(name)
+    return configure_backend(torch.device(name))
+
+
+def configure_backend(device):
+    """On CUDA: let cuDNN time its convolution algorithms once per shape (our shapes are fixed, so the
+    choice pays from the second step on). It makes a resumed unit match an unstopped one only up to
+    rounding on a GPU (README, Resume); on a CPU nothing changes."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def build_model(backbone, device):

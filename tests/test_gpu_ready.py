@@ -1,0 +1,52 @@
+"""What a GPU machine needs from us that a CPU test can still see: an EMA built without timm's newer
+`dtype=` argument, cuDNN's autotuner on CUDA, and no network call from albumentations on import."""
+import inspect
+import os
+import subprocess
+import sys
+
+import torch
+
+from fer_kaggle import recipe, train
+from fer_kaggle.train import build_model
+
+
+def test_ema_works_with_a_timm_that_has_no_dtype_argument(monkeypatch):
+    """timm 1.0.9-1.0.28's ModelEmaV3 has no `dtype`: `full`'s first unit raised TypeError there."""
+    real = recipe.ModelEmaV3
+    assert "dtype" not in inspect.signature(recipe.make_ema).parameters
+
+    class OldModelEmaV3(real):
+        def __init__(self, model, decay=0.9999, min_decay=0.0, update_after_step=0, use_warmup=False,
+                     warmup_gamma=1.0, warmup_power=2 / 3, device=None, foreach=True, exclude_buffers=False):
+            super().__init__(model, decay=decay, min_decay=min_decay, update_after_step=update_after_step,
+                             use_warmup=use_warmup, warmup_gamma=warmup_gamma, warmup_power=warmup_power,
+                             device=device, foreach=foreach, exclude_buffers=exclude_buffers)
+
+    monkeypatch.setattr(recipe, "ModelEmaV3", OldModelEmaV3)
+    model = build_model("fer_vgg_tiny", torch.device("cpu"))
+    ema = recipe.make_ema(model, 0.9)
+    assert all(p.dtype == torch.float32 for p in ema.module.parameters())
+
+
+def test_cudnn_autotuner_is_on_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train.configure_backend(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    assert train.configure_backend(torch.device("cuda")).type == "cuda"  # no GPU needed to set the flag
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_importing_the_package_makes_no_network_call():
+    """albumentations asks PyPI for its latest version on import unless told not to: on an offline machine
+    that is a timeout. Counted in a fresh interpreter, with the variable unset in its environment."""
+    code = ("import urllib.request as u\n"
+            "calls = []\n"
+            "real = u.build_opener\n"
+            "u.build_opener = lambda *a: calls.append(a) or real(*a)\n"
+            "import fer_kaggle.train, fer_kaggle.augment\n"
+            "print('openers', len(calls))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "openers 0" in result.stdout
