@@ -8,7 +8,9 @@
 #   bash run.sh ensemble|report|predict|export|bench   the other commands (= fer-kaggle COMMAND)
 #   bash run.sh --help                                 the commands; bash run.sh run --help: every option
 #
-# On first use it creates .venv/ beside this script and installs the package there.
+# On first use it creates .venv/ beside this script and installs the package there: reusing the torch of
+# the python3 that starts it when it works, installing only what is missing, from FER_KAGGLE_WHEELS=DIR
+# (a folder of wheels) without any index when that folder and python3 hold everything needed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,9 +20,26 @@ python="$venv/bin/python"
 setup() {  # $1: what must import, $2: what to install
   # checked from / so that the source folder on sys.path does not pass for an installed package
   if [ -x "$python" ] && (cd / && "$python" -c "import $1" 2>/dev/null); then return; fi
-  echo "setting up $venv (one time: a few minutes, several GB with torch)" >&2
-  [ -x "$python" ] || python3 -m venv "$venv"
-  "$python" -m pip install --quiet --editable "$2"
+  echo "setting up $venv (one time)" >&2
+  if [ ! -x "$python" ]; then
+    # A Python whose torch works (with its torchvision: a CPU-only local torch can fail beside PyPI's
+    # torchvision) is reused, with whatever else it has: a GPU notebook's CUDA torch is not downloaded again.
+    if (cd / && python3 -c "import torch, torchvision" 2>/dev/null); then
+      echo "reusing the packages of $(command -v python3) (torch $(cd / && python3 -c 'import torch; print(torch.__version__)'))" >&2
+      python3 -m venv --system-site-packages "$venv"
+    else
+      echo "(installing torch too: a few minutes, several GB)" >&2
+      python3 -m venv "$venv"
+    fi
+  fi
+  local wheels=()
+  if [ -n "${FER_KAGGLE_WHEELS:-}" ]; then wheels=(--find-links "$FER_KAGGLE_WHEELS"); fi
+  # First with no index at all: enough when everything is already here or in $FER_KAGGLE_WHEELS
+  # (an offline machine); only what is missing is installed.
+  if "$python" -m pip install --quiet --no-index ${wheels[@]+"${wheels[@]}"} --no-build-isolation --editable "$2" 2>/dev/null; then
+    return
+  fi
+  "$python" -m pip install --quiet ${wheels[@]+"${wheels[@]}"} --editable "$2"
 }
 
 if [ "${1:-}" = "test" ]; then
