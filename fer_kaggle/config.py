@@ -50,6 +50,8 @@ class Config:
     workers: int = setting(-1, "DataLoader workers of the host path (-1: none on a CPU, up to 8 on CUDA)")
     amp: str = setting("auto", "bf16 autocast (auto: where the device runs it natively)", ["auto", "bf16", "off"])
     compile: bool = setting(False, "torch.compile the training model (pays on CUDA for long runs)")
+    checkpoint_every: int = setting(1, "epochs between a unit's checkpoints (a stopped unit resumes from its "
+                                    "last one; the last epoch and a --time-limit stop always save one)")
     time_limit: float = setting(0.0, "stop cleanly after the epoch that passes this many minutes; run the same "
                                 "command again to continue (0: no limit)", metavar="MINUTES")
     monitor_rows: int = setting(0, "held-out rows checked after each epoch for the curves (0: the whole fold; "
@@ -93,11 +95,11 @@ PRESETS = {
     # One GPU, the whole run.sh in at most 10 minutes on an H100 (target; see BENCHMARKS.md for what was
     # measured): VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
     "fast": Config(preset="fast", epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
-                   compile=True),
+                   compile=True, checkpoint_every=5),
     # One GPU, at most 20 minutes: a third family, more epochs, EMA and cutmix.
     "full": Config(preset="full", backbones=("fer_vgg13", "fer_resnet18", "fer_convnext"), epochs=50,
                    batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop", compile=True, ema=0.999,
-                   cutmix=1.0),
+                   cutmix=1.0, checkpoint_every=5),
 }
 GPU_PRESETS = {"fast", "full"}
 

@@ -295,16 +295,19 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
                "valid_loss": _nll(valid_probs, valid_y[watch]), "valid_acc": _accuracy(valid_probs, valid_y[watch]),
                "valid_rows": len(watch), "seconds": time.perf_counter() - started}
         history.append(row)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                 "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        runfolder.save_checkpoint(unit_dir, state)
+        stopping = deadline is not None and time.monotonic() > deadline and epoch + 1 < cfg.epochs
+        if stopping or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            # up to ~135 MB with an EMA on a GPU preset: every few epochs there (--checkpoint-every)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                     "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            runfolder.save_checkpoint(unit_dir, state)
         save_csv(unit_dir / runfolder.HISTORY_FILE, pd.DataFrame(history))
         tqdm.write(f"{unit.name} epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.3f} "
                    f"acc {train_acc:.3f} | valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
-        if deadline is not None and time.monotonic() > deadline and epoch + 1 < cfg.epochs:
+        if stopping:
             raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch + 1} of {cfg.epochs}")
 
     return _predict_and_save(cfg, unit, unit_dir, step.eval_model(), valid_x, valid_y, data, eval_pipe, device,
@@ -331,8 +334,9 @@ class Step:
             network = self.model if self.forward is None else self.forward  # a compiled module has no truth value
             logits = network(images.contiguous(memory_format=torch.channels_last))
         loss = recipe.loss(logits, mixed, cfg.label_smoothing, self.weights)
-        if not torch.isfinite(loss):
-            return loss, logits
+        # No finiteness check here: it would make the host wait for the device every step. EpochStats
+        # records a non-finite loss on the device; the epoch then ends in an error before its checkpoint,
+        # so no update made from it is ever saved.
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -358,23 +362,49 @@ def make_step(cfg, backbone, device, steps_per_epoch, hard_labels):
     return Step(model, optimizer, scheduler, ema, weights, cfg, device, autocast_dtype(cfg.amp, device), forward)
 
 
+class EpochStats:
+    """An epoch's running loss, accuracy and first non-finite step, kept on the device: the host reads them
+    once, at the epoch's end (and every POSTFIX_EVERY steps for a progress bar on a terminal)."""
+
+    def __init__(self, device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, number, loss, logits, targets):
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), number, self.first_bad)
+        self.loss_sum += loss.double() * len(targets)
+        self.correct += (logits.argmax(-1) == targets.argmax(-1)).sum()
+        self.seen += len(targets)
+
+    def means(self):
+        return float(self.loss_sum) / self.seen, int(self.correct) / self.seen
+
+
+POSTFIX_EVERY = 50  # steps between the progress bar's loss/accuracy (each update waits for the device)
+
+
 def _train_epoch(step, loader, desc, unit):
     step.model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    stats = EpochStats(step.device)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if BATCH_BARS else True)  # None: off when not a terminal
     for number, (images, batch_targets) in enumerate(bar):
         images = images.to(step.device, non_blocking=True)
         batch_targets = batch_targets.to(step.device, non_blocking=True)
         loss, logits = step(images, batch_targets)
-        if not torch.isfinite(loss):
-            raise FerKaggleError(f"{unit.name}: the training loss became {loss.item()} at {desc}, "
-                                 f"step {number + 1}; lower --lr and run again")
-        total_loss += loss.item() * len(images)
-        correct += (logits.argmax(-1) == batch_targets.argmax(-1)).sum().item()
-        seen += len(images)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return total_loss / seen, correct / seen
+        stats.add(number, loss, logits, batch_targets)
+        if not bar.disable and number % POSTFIX_EVERY == POSTFIX_EVERY - 1:
+            loss_mean, acc = stats.means()
+            bar.set_postfix(loss=f"{loss_mean:.3f}", acc=f"{acc:.3f}")
+    first_bad = int(stats.first_bad)
+    if first_bad >= 0:
+        raise FerKaggleError(f"{unit.name}: the training loss became non-finite at {desc}, step {first_bad + 1}; "
+                             f"nothing from this epoch was saved: lower --lr and run again")
+    return stats.means()
 
 
 def monitor_rows(n_valid, wanted, seed):

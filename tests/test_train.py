@@ -58,6 +58,32 @@ def test_interrupted_unit_resumes_to_the_same_files(tmp_path, small_unit_data, i
         assert torch.equal(weights[name], weights2[name]), name
 
 
+def test_checkpoints_every_n_epochs_and_resumes_from_the_last(tmp_path, small_unit_data, monkeypatch):
+    """--checkpoint-every 2 over 3 epochs: a stop in epoch 3 resumes from epoch 2's checkpoint, to the same
+    files as a run never stopped."""
+    cfg = CFG.replace(epochs=3, checkpoint_every=2)
+    train_unit(cfg, UNIT, tmp_path / "straight", small_unit_data, CPU)
+    real_epoch, calls = train._train_epoch, []
+
+    def stop_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", stop_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_unit(cfg, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+    assert torch.load(UNIT.dir(tmp_path / "resumed") / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    train_unit(cfg, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+    _, arrays, weights = _outputs(UNIT.dir(tmp_path / "straight"))
+    _, arrays2, weights2 = _outputs(UNIT.dir(tmp_path / "resumed"))
+    for name in arrays:
+        np.testing.assert_array_equal(arrays[name], arrays2[name], err_msg=name)
+    assert all(torch.equal(weights[name], weights2[name]) for name in weights)
+
+
 def test_finished_unit_is_skipped(tmp_path, small_unit_data, monkeypatch):
     first = train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
     monkeypatch.setattr(train, "build_model", lambda *a: pytest.fail("a finished unit was retrained"))
@@ -81,9 +107,29 @@ def test_resume_with_other_options_is_refused(tmp_path, small_unit_data, monkeyp
 
 def test_diverging_loss_stops_with_a_clear_error(tmp_path, small_unit_data):
     exploding = CFG.replace(optimizer="sgd", lr=1e30, warmup_epochs=0.0)
-    with pytest.raises(FerKaggleError, match="training loss became (nan|inf)"):
+    with pytest.raises(FerKaggleError, match="training loss became non-finite"):
         train_unit(exploding, UNIT, tmp_path, small_unit_data, CPU)
     assert not (UNIT.dir(tmp_path) / "metrics.json").exists()
+
+
+def test_a_non_finite_loss_mid_run_saves_no_update_made_from_it(tmp_path, small_unit_data, monkeypatch):
+    """The check lives on the device (no host sync per step) and is read at the epoch's end: epoch 2's
+    NaN stops the unit, and its checkpoint still holds epoch 1's finite weights."""
+    from fer_kaggle import recipe
+    real_loss, calls = recipe.loss, []
+    steps_per_epoch = len(small_unit_data.train_images) // CFG.batch_size
+
+    def nan_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == steps_per_epoch + 3 else loss
+
+    monkeypatch.setattr(recipe, "loss", nan_in_epoch_two)
+    with pytest.raises(FerKaggleError, match=r"non-finite at .*epoch 2/2, step 3; nothing from this epoch"):
+        train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
+    state = torch.load(UNIT.dir(tmp_path) / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
 
 
 def test_image_size_resizes_in_both_pipelines():
