@@ -19,6 +19,7 @@ about 11% of the pixels (cv2.resize's 11-bit weights). Measured in tests/test_gp
     augment = BatchAugment.from_pipeline(train_pipe)
     batch = augment(images_uint8_on_gpu[rows], generator)   # float32 (N, 1, H, W), normalised
 """
+import functools
 import time
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def _uniform(low, high, n, g):
     """n float64s uniform in [low, high) on g's device: parameters in double, as albumentations draws
     them, so e.g. a brightness shift truncates to the same grey level."""
     return low + (high - low) * torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _centre(w, h, device):
+    """The image centre as a float64 tensor on `device`, made once per size (not copied to it per batch)."""
+    return torch.tensor([(w - 1) / 2, (h - 1) / 2], device=device, dtype=torch.float64)
 
 
 def _randint(low, high, n, g):
@@ -86,8 +93,10 @@ def _cv2_grid(m_inv, h, w):
     col_term = (m[:, :, 0:1] * cols * 1024).round() / 32  # (N, 1, W, 2), in 1/32 pixels
     row_term = (((m[:, :, 1:2] * rows + m[:, :, 2:3]) * 1024).round() + 16) / 32  # (N, H, 1, 2)
     source = (col_term.float() + row_term.float()).floor_()  # 1/32 pixels, exact in float32
-    size = torch.tensor([w, h], device=m_inv.device, dtype=torch.float32)
-    return source.div_(16).add_(1).div_(size).sub_(1)  # pixel i -> (2i + 1) / size - 1
+    source.div_(16).add_(1)
+    source[..., 0].div_(w)  # by Python numbers: no tensor to copy to the device per batch
+    source[..., 1].div_(h)
+    return source.sub_(1)  # pixel i -> (2i + 1) / size - 1
 
 
 def _affine(t, uint8):
@@ -128,7 +137,7 @@ def _affine(t, uint8):
         det = a11 * a22 - a12 * a21
         a_inv = torch.stack([torch.stack([a22, -a12], -1), torch.stack([-a21, a11], -1)], -2) / det.view(-1, 1, 1)
         # M^-1: source = c + A^-1 (destination - c - t)
-        centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=x.device, dtype=torch.float64)
+        centre = _centre(w, h, x.device)
         offset = centre - (a_inv @ (centre + torch.stack([tx, ty], -1)).unsqueeze(-1)).squeeze(-1)
         m_inv = torch.cat([a_inv, offset.unsqueeze(-1)], -1)  # (N, 2, 3)
         # images not drawn get the identity: pixel centres, exact once rounded to uint8 values
