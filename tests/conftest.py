@@ -94,24 +94,25 @@ def finished_run_blend(finished_run):
 
 @pytest.fixture
 def interrupt_then_resume(monkeypatch):
-    """fn(cfg, unit, workdir, data, device): train a unit with a Ctrl-C in its second epoch (checked to
-    leave it unfinished), then the same call again, to the end."""
+    """fn(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1): train a unit with a Ctrl-C in epoch
+    `stop_at` (checked to leave it unfinished, its checkpoint at epoch `checkpoint`), then the same call
+    again, to the end."""
     from fer_kaggle import train
 
-    def run(cfg, unit, workdir, data, device):
+    def run(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1):
         real_epoch, calls = train._train_epoch, []
 
-        def interrupt_second_epoch(*args, **kwargs):
+        def interrupt(*args, **kwargs):
             calls.append(1)
-            if len(calls) == 2:
+            if len(calls) == stop_at:
                 raise KeyboardInterrupt
             return real_epoch(*args, **kwargs)
 
-        monkeypatch.setattr(train, "_train_epoch", interrupt_second_epoch)
+        monkeypatch.setattr(train, "_train_epoch", interrupt)
         with pytest.raises(KeyboardInterrupt):
             train.train_unit(cfg, unit, workdir, data, device)
         assert not (unit.dir(workdir) / "metrics.json").exists()
-        assert torch.load(unit.dir(workdir) / "checkpoint.pt", weights_only=True)["epoch"] == 1
+        assert torch.load(unit.dir(workdir) / "checkpoint.pt", weights_only=True)["epoch"] == checkpoint
         monkeypatch.setattr(train, "_train_epoch", real_epoch)
         return train.train_unit(cfg, unit, workdir, data, device)
     return run

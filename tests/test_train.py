@@ -58,25 +58,12 @@ def test_interrupted_unit_resumes_to_the_same_files(tmp_path, small_unit_data, i
         assert torch.equal(weights[name], weights2[name]), name
 
 
-def test_checkpoints_every_n_epochs_and_resumes_from_the_last(tmp_path, small_unit_data, monkeypatch):
+def test_checkpoints_every_n_epochs_and_resumes_from_the_last(tmp_path, small_unit_data, interrupt_then_resume):
     """--checkpoint-every 2 over 3 epochs: a stop in epoch 3 resumes from epoch 2's checkpoint, to the same
     files as a run never stopped."""
     cfg = CFG.replace(epochs=3, checkpoint_every=2)
     train_unit(cfg, UNIT, tmp_path / "straight", small_unit_data, CPU)
-    real_epoch, calls = train._train_epoch, []
-
-    def stop_in_epoch_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_train_epoch", stop_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        train_unit(cfg, UNIT, tmp_path / "resumed", small_unit_data, CPU)
-    assert torch.load(UNIT.dir(tmp_path / "resumed") / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(train, "_train_epoch", real_epoch)
-    train_unit(cfg, UNIT, tmp_path / "resumed", small_unit_data, CPU)
+    interrupt_then_resume(cfg, UNIT, tmp_path / "resumed", small_unit_data, CPU, stop_at=3, checkpoint=2)
     _, arrays, weights = _outputs(UNIT.dir(tmp_path / "straight"))
     _, arrays2, weights2 = _outputs(UNIT.dir(tmp_path / "resumed"))
     for name in arrays:
