@@ -5,6 +5,7 @@
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
     python -m fer_kaggle.bench tree -- COMMAND...   wall time and the process tree's peak memory
     python -m fer_kaggle.bench shift TRAIN_CSV TEST_CSV   the shift check on real and shifted copies
+    python -m fer_kaggle.bench gpu [--train CSV]   the GPU self-check (selfcheck.py); exits 2 without CUDA
 
 train (the default): for each backbone, training images/s with the real data pipeline
 (the preset's augmentation, batches and recipe on real rows), both with albumentations in
@@ -215,6 +216,7 @@ def bench_train(cfg, train_path, steps):
           f"GFLOP/s is training FLOPs per image times the best real images/s")
     print(f"{'backbone':<18} {'host':>9} {'device':>9} {'synthetic':>10} {'best/synth':>10} "
           f"{'infer img/s':>12} {'TTA views':>9} {'epoch s':>8} {'MFLOP/img':>10} {'GFLOP/s':>8} {'of peak':>8}")
+    speeds = {}
     for backbone in cfg.backbones:
         real, synthetic, infer, flops = bench_backbone(cfg, backbone, images, labels, device, steps)
         best = max(real.values())
@@ -222,6 +224,8 @@ def bench_train(cfg, train_path, steps):
         print(f"{backbone:<18} {real['host']:>9,.0f} {real['device']:>9,.0f} {synthetic:>10,.0f} "
               f"{best / synthetic:>10.2f} {infer:>12,.0f} {n_views:>9} {epoch_rows / best:>8.1f} "
               f"{flops / 1e6:>10,.0f} {achieved:>8,.0f} {achieved / peak:>8.2f}", flush=True)
+        speeds[backbone] = {"train": best, "infer": infer}
+    return speeds
 
 
 RECIPE_VARIANTS = {  # one element changed from the base per row; the base is the preset as given
@@ -360,6 +364,16 @@ def add_arguments(parser):
                                help=f"comma-separated, from: {', '.join(RECIPE_VARIANTS)}")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    gpu = sub.add_parser("gpu", help="the GPU self-check (about 2 minutes): augmentation paths, syncs per step, a "
+                         "stopped and resumed run of the fast recipe, speed and extrapolated preset times")
+    gpu.add_argument("--train", default=str(inputs.DEMO_TRAIN), help="train CSV to take rows from (default: the "
+                     "bundled 2,400-row sample)")
+    gpu.add_argument("--rows", type=int, default=4000, help="rows for the checks and the short run")
+    gpu.add_argument("--steps", type=int, default=30, help="timed training steps per backbone")
+    gpu.add_argument("--backbones", type=lambda text: tuple(text.split(",")),
+                     help="default: the fast and full presets' backbones")
+    gpu.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: run the checks there, "
+                     "small (for tests)")
     shift_parser = sub.add_parser("shift", help="the train/test shift check on the real files and shifted copies")
     shift_parser.add_argument("train", help="a train CSV")
     shift_parser.add_argument("test", help="a test CSV")
@@ -375,6 +389,9 @@ def command(args):
         if not command:
             raise FerKaggleError("bench tree: give the command to run after --")
         return bench_tree(command)
+    if args.bench == "gpu":
+        from .selfcheck import run_selfcheck
+        return run_selfcheck(args.train, args.device, args.rows, args.steps, args.backbones)
     if args.bench == "shift":
         bench_shift(args.train, args.test)
         return 0

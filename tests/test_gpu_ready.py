@@ -50,3 +50,35 @@ def test_importing_the_package_makes_no_network_call():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "openers 0" in result.stdout
+
+
+def test_self_check_says_it_needs_cuda(capsys, monkeypatch):
+    from fer_kaggle import bench
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["gpu"]) == 2
+    assert "bench gpu needs a CUDA device" in capsys.readouterr().err
+
+
+def test_self_check_runs_its_checks_on_a_cpu(capsys):
+    """Everything but the sync count (CUDA only) runs here, small: both augmentation paths agree, the short
+    run of the fast recipe stops at its time limit and resumes to a submission, and speeds are printed."""
+    from fer_kaggle import bench
+    code = bench.main(["gpu", "--device", "cpu", "--rows", "600", "--steps", "2",
+                       "--backbones", "fer_vgg_tiny,fer_resnet_tiny"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "augmentation: host mean" in printed and ": agree" in printed
+    assert "syncs: n/a on a CPU" in printed
+    assert "stopped and resumed" in printed and "400 submission rows" in printed
+    assert "fer_resnet_tiny" in printed and "extrapolated: preset fast" in printed
+
+
+def test_extrapolated_time_scales_with_speed():
+    from fer_kaggle.config import PRESETS
+    from fer_kaggle.selfcheck import extrapolate_minutes
+    fast = PRESETS["fast"]
+    slow = {b: {"train": 1000.0, "infer": 5000.0} for b in fast.backbones}
+    quick = {b: {"train": 2000.0, "infer": 10000.0} for b in fast.backbones}
+    assert extrapolate_minutes(fast, slow) == 2 * extrapolate_minutes(fast, quick)
+    epochs_only = len(fast.backbones) * fast.folds * fast.epochs * 28_709 * (fast.folds - 1) / fast.folds / 1000 / 60
+    assert epochs_only < extrapolate_minutes(fast, slow) < 1.2 * epochs_only * (2 if fast.pseudo else 1)
