@@ -26,7 +26,13 @@ setup() {  # $1: what must import, $2: what to install
     # torchvision) is reused, with whatever else it has: a GPU notebook's CUDA torch is not downloaded again.
     if (cd / && python3 -c "import torch, torchvision" 2>/dev/null); then
       echo "reusing the packages of $(command -v python3) (torch $(cd / && python3 -c 'import torch; print(torch.__version__)'))" >&2
-      python3 -m venv --system-site-packages "$venv"
+      # A .pth file puts that Python's site-packages after the venv's own (--system-site-packages would reach
+      # only the interpreter a venv was made from: not the packages of a python3 that is itself a venv, as
+      # on the GPU images). No pip or setuptools of the venv's own: that Python's, newer, build the package.
+      python3 -m venv --without-pip "$venv"
+      (cd / && python3 -c "import site; print('\n'.join(site.getsitepackages()))") \
+        > "$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_reused_python3.pth"
+      "$python" -m pip --version >/dev/null 2>&1 || "$python" -m ensurepip --upgrade >/dev/null
     else
       echo "(installing torch too: a few minutes, several GB)" >&2
       python3 -m venv "$venv"

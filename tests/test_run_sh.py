@@ -105,22 +105,28 @@ def test_kill_9_then_same_command_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_offline_setup_reuses_the_pythons_packages(tmp_path):
-    """A fresh copy of the project on a machine whose python3 already has torch and the rest, and no
-    package index (PIP_NO_INDEX): run.sh sets up a venv that reuses them, installs only the package, runs."""
+    """A fresh copy of the project on a machine whose python3 is a venv that already has torch and the rest
+    (as on the GPU images), and no package index (PIP_NO_INDEX): run.sh sets up a venv that reuses them,
+    installs only the package, and runs."""
     import shutil
     import sys
     import sysconfig
     clone = tmp_path / "clone"
-    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", ".git", "folds", "submissions",
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", ".git", "folds", "submissions", ".gpu",
                                                                 "__pycache__", "*.egg-info", ".pytest_cache"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(getattr(sys, "_base_executable", sys.executable))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PIP_NO_INDEX": "1",
-           "PYTHONPATH": sysconfig.get_paths()["purelib"]}  # "the machine's Python has the packages"
+    (bin_dir / "python3").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")  # this venv's python
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PIP_NO_INDEX": "1"}
+    env.pop("PYTHONPATH", None)
     result = subprocess.run(["bash", str(clone / "run.sh"), "--help"], capture_output=True, text=True,
                             timeout=900, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reusing the packages of" in result.stderr and "--epochs" in result.stdout
-    assert "include-system-site-packages = true" in (clone / ".venv" / "pyvenv.cfg").read_text()
+    [reused] = (clone / ".venv").rglob("_reused_python3.pth")
+    assert sysconfig.get_paths()["purelib"] in reused.read_text().split()
     assert not list((clone / ".venv").rglob("torch/__init__.py")), "torch was installed again"
+    where = subprocess.run([str(clone / ".venv/bin/python"), "-c", "import fer_kaggle; print(fer_kaggle.__file__)"],
+                           capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    assert where.stdout.startswith(str(clone)), where.stdout + where.stderr
