@@ -124,8 +124,6 @@ def _default_run(args):
         folder, why = find_default_run(HOME)
         args.workdir = folder.path
         print(f"run folder: {folder} ({why})", file=sys.stderr)
-    if hasattr(args, "submissions") and args.submissions is None:
-        args.submissions = HOME / "submissions"
 
 
 def main(argv=None):
@@ -142,6 +140,8 @@ def main(argv=None):
     try:
         if command in READS_A_RUN:
             _default_run(args)
+        if getattr(args, "submissions", "") is None:  # run and ensemble: this project's submissions/
+            args.submissions = HOME / "submissions"
         return module.command(args)
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)

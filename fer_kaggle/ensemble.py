@@ -93,7 +93,7 @@ def load_models(workdir, names=None):
     n_folds = folder.require_run()["folds"]
     labels = pd.read_csv(folder.folds_csv)["label"].to_numpy()
     if names is None:
-        names = [f"{d.parent.name}/{d.name}" for d in folder.model_dirs()]
+        names = folder.model_names()
     models = []
     for name in names:
         model_dir = folder.path / name

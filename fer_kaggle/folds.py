@@ -18,10 +18,14 @@ from .errors import FerKaggleError
 from .runfolder import RunFolder
 
 
+def image_digests(images):
+    """A 16-byte digest per image: equal exactly when the pixels are byte for byte equal."""
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+
+
 def duplicate_groups(images):
     """Group id per row: rows with byte-identical pixels share one id (first occurrence order)."""
-    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
-    return pd.factorize(pd.Series(digests))[0]
+    return pd.factorize(pd.Series(image_digests(images)))[0]
 
 
 def assign_folds(labels, groups, n_folds, seed):
@@ -34,11 +38,6 @@ def assign_folds(labels, groups, n_folds, seed):
     for fold, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[valid] = fold
     return folds
-
-
-def saved_meta(workdir):
-    """The run folder's `folds.json` (seed, folds, train fingerprint, duplicate counts), or None before its folds."""
-    return RunFolder(workdir).folds_meta()
 
 
 def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed):

@@ -251,7 +251,7 @@ def _run(cfg, source, out, folder, submissions, report_dir):
 
     if cfg.ablation:
         folder.write_record(ablations=_train_ablations(cfg, workdir, device, deadline, fingerprints, *arrays))
-    others = sorted({f"{d.parent.name}/{d.name}" for d in folder.model_dirs()} - set(models))
+    others = sorted(set(folder.model_names()) - set(models))
     if others:
         print(f"ensemble: this run's {len(models)} models; {len(others)} other model(s) in {workdir} "
               f"(other settings) left out: `python -m fer_kaggle.ensemble --workdir {workdir} --all` blends them too")
@@ -335,7 +335,7 @@ def command(args):
     """`fer-kaggle run` (the default command): cli.py parsed args and handles errors."""
     cfg, source, out, workdir, why = resolve(args)
     print(f"preset {cfg.preset} ({why})")
-    run(cfg, source, out, workdir, args.submissions or HOME / "submissions", args.report)
+    run(cfg, source, out, workdir, args.submissions, args.report)
     return 0
 
 

@@ -228,9 +228,9 @@ class RunFolder:
         """{variant: model folder} of the ablations found here (an older run, without run.json's record)."""
         return {p.parent.name: f"ablation/{p.parent.name}/{p.name}" for p in sorted(self.path.glob("ablation/*/*/"))}
 
-    def model_dirs(self):
-        """Every model folder of the ensemble rounds (round<r>/<name>), sorted."""
-        return sorted(p for p in self.path.glob("round*/*/") if p.is_dir())
+    def model_names(self):
+        """Every model of the ensemble rounds here, as round<r>/<name>, sorted."""
+        return sorted(f"{p.parent.name}/{p.name}" for p in self.path.glob("round*/*/") if p.is_dir())
 
     def finished_units(self):
         """Names of every finished unit (ensemble rounds and ablations), sorted."""

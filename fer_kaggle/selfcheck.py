@@ -18,14 +18,12 @@ from pathlib import Path
 import torch
 
 from . import augment, recipe
+from .bench import FER2013_TRAIN_ROWS, bench_train
 from .config import PRESETS
 from .data import read_train
 from .errors import FerKaggleError
 from .inputs import DEMO_TEST
 from .train import DeviceBatches, EpochStats, HostBatches, TimeLimitReached, make_step, resolve_device
-
-FER2013_TRAIN_ROWS = 28_709
-
 
 def check_augmentation(images, labels, device, rows=2048):
     """(host mean, host std, device mean, device std) of the same faces through both augmentation paths."""
@@ -112,7 +110,6 @@ def extrapolate_minutes(cfg, speeds):
 
 def run_selfcheck(train_path, device_name="cuda", rows=4000, steps=30, backbones=None):
     """Print each check's figures; returns 0, or raises FerKaggleError when one fails."""
-    from .bench import bench_train
     if device_name == "cuda" and not torch.cuda.is_available():
         raise FerKaggleError("bench gpu needs a CUDA device, and torch sees none here; `--device cpu` runs its "
                              "checks on the CPU, small, to test them")

@@ -12,7 +12,6 @@ is flagged, and pseudo-labelling gives that fold no test images (`pseudo_guard`)
 
 Thresholds (BENCHMARKS.md has the measurements behind them): see WARN_* below.
 """
-import hashlib
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from .data import CLASS_NAMES, NUM_CLASSES
+from .folds import image_digests
 
 STATS = {"brightness": "brightness (mean pixel)", "contrast": "contrast (pixel std)",
          "sharpness": "sharpness (mean |Laplacian|)"}
@@ -50,8 +50,8 @@ def image_stats(images, chunk=4096):
 
 def duplicate_share(train_images, test_images):
     """Share of test images whose pixels equal some train image's, byte for byte."""
-    seen = {hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in train_images}
-    copies = sum(hashlib.blake2b(image.tobytes(), digest_size=16).digest() in seen for image in test_images)
+    seen = set(image_digests(train_images))
+    copies = sum(digest in seen for digest in image_digests(test_images))
     return copies / max(1, len(test_images))
 
 
