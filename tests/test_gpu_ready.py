@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fer_kaggle import recipe, train
@@ -59,6 +60,7 @@ def test_self_check_says_it_needs_cuda(capsys, monkeypatch):
     assert "bench gpu needs a CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a short pipeline run and the speed table
 def test_self_check_runs_its_checks_on_a_cpu(capsys):
     """Everything but the sync count (CUDA only) runs here, small: both augmentation paths agree, the short
     run of the fast recipe stops at its time limit and resumes to a submission, and speeds are printed."""
