@@ -51,6 +51,8 @@ def _shown(value):
 def preset_values(name):
     """'(default X)' when every preset agrees, else '(demo X, cpu Y, fast Z, full W)'."""
     values = {preset: getattr(cfg, name) for preset, cfg in PRESETS.items()}
+    if all(value == "" for value in values.values()):
+        return ""  # an empty default: the help says what stands in for it
     if len({_shown(v) for v in values.values()}) == 1:
         return f"(default {_shown(next(iter(values.values())))})"
     return "(" + ", ".join(f"{preset} {_shown(value)}" for preset, value in values.items()) + ")"
@@ -66,7 +68,7 @@ def add_config_options(parser):
         if field.name == "preset":
             continue
         meta, default = field.metadata, field.default
-        help_text = f"{meta['help']} {preset_values(field.name)}".replace("%", "%%")
+        help_text = f"{meta['help']} {preset_values(field.name)}".rstrip().replace("%", "%%")
         flag = f"--{field.name.replace('_', '-')}"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,

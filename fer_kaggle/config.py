@@ -47,6 +47,14 @@ class Config:
                               "DataLoader workers (auto: device on CUDA, host on a CPU)", ["auto", "device", "host"])
     parallel_units: int = setting(1, "units trained side by side in local processes on a CPU, each with "
                                   "cores/N threads (1: one at a time with every core)")
+    executor: str = setting("local", "how units run: local (one at a time, or --parallel-units side by side "
+                            "in local processes) or ray (Ray tasks on this machine or the cluster at "
+                            "--ray-address; pip install 'fer_kaggle[ray]')", ["local", "ray"])
+    ray_address: str = setting("", "with --executor ray: the cluster to join, e.g. 10.0.0.1:6379 (default: "
+                               "$RAY_ADDRESS, else a local Ray instance over this machine's cores and GPUs)",
+                               metavar="HOST:PORT")
+    unit_threads: int = setting(0, "torch threads per unit on a CPU (0: the machine's cores / --parallel-units, "
+                                "as one unit at a time uses them)")
     workers: int = setting(-1, "DataLoader workers of the host path (-1: none on a CPU, up to 8 on CUDA)")
     amp: str = setting("auto", "bf16 autocast (auto: where the device runs it natively)", ["auto", "bf16", "off"])
     compile: bool = setting(False, "torch.compile the training model (pays on CUDA for long runs)")

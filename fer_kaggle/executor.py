@@ -1,81 +1,379 @@
-"""Stage 4c: how a round's units run: one after another here, or side by side in local processes.
+"""Stage 4c: how a run's units are trained: here, in local processes, or on a Ray cluster.
 
-    Sequential   each unit in this process, with all of torch's threads (the default)
-    LocalPool    `--parallel-units N`: N units at a time, each in a spawned process with
-                 cores // N torch threads (the cpu preset's 2 on two cores: small CPU models
-                 use one thread each better than one model uses two; BENCHMARKS.md measures it)
+    Sequential   one unit after another in this process, with all of torch's threads (the default)
+    LocalPool    `--parallel-units N`: N units at a time, each in a spawned process with cores // N
+                 torch threads (small CPU models use one thread each about as well as one model uses two:
+                 BENCHMARKS.md measures it)
+    RayCluster   `--executor ray`: each unit a Ray task, one GPU per unit where the cluster has GPUs, else
+                 a set number of CPU threads; a local Ray instance, or the cluster at --ray-address /
+                 RAY_ADDRESS. The run folder must be on storage every node shares (checked at the start).
 
-Both take Jobs and yield (job, metrics) as units finish, so the pipeline does not know which
-one runs; a unit writes only its own folder, atomically, so either can be stopped and resumed.
+All three are used the same way, so the pipeline does not know which one runs:
+
+    executor = make_executor(cfg, device, workdir)   # Ray: connects, checks the shared folder
+    with executor.start(arrays, deadline):
+        executor.submit(job)                 # any time, also while units are running
+        for done in executor.finished():     # as units finish, until none is pending
+            ...
+    executor.shutdown()
+
+The run's arrays go to each worker once; a Job is small: which unit, and for a pseudo-labelling student,
+which test rows it adds with which targets. A unit writes only its own folder, atomically, resuming from
+its last checkpoint, and hands back a finished unit as it is: any executor can be stopped and resumed,
+and a task that Ray runs twice (a node died) does no harm.
 """
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import socket
+import time
+import uuid
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import train
-from .train import Unit, UnitData
+from . import recipe, train
+from .errors import FerKaggleError
+from .train import TimeLimitReached, Unit, UnitData
+
+
+@dataclass
+class RunArrays:
+    """The run's arrays, read once: every unit's training, held-out and test rows come from them."""
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    folds: np.ndarray        # fold of each train row (-1: in no held-out fold; tests use it)
+    test_ids: np.ndarray
+    test_images: np.ndarray
+
+    def unit_data(self, fold, pseudo=None):
+        """Fold `fold`'s UnitData: the rows outside it, plus a student's pseudo-labelled test rows."""
+        inside = self.folds != fold
+        images, labels = self.train_images[inside], self.train_labels[inside]
+        if pseudo is not None and len(pseudo.rows):
+            if pseudo.targets.ndim == 2:  # soft pseudo-labels: every training row becomes a probability vector
+                labels = recipe.targets(labels)
+            images = np.concatenate([images, self.test_images[pseudo.rows]])
+            labels = np.concatenate([labels, pseudo.targets])
+        valid = np.flatnonzero(self.folds == fold)
+        return UnitData(images, labels, valid, self.train_images[valid], self.train_labels[valid],
+                        self.test_ids, self.test_images)
+
+
+@dataclass
+class PseudoRows:
+    """A student's extra rows: positions in the test arrays and their targets (labels, or probabilities)."""
+    rows: np.ndarray
+    targets: np.ndarray
 
 
 @dataclass
 class Job:
-    """One unit to train and the arrays it learns from and predicts."""
+    """One unit to train."""
     cfg: object
     unit: Unit
     workdir: object
-    data: UnitData
     device: str
     key_settings: dict = None  # what the unit's key stands for (runfolder.unit_settings)
+    pseudo: PseudoRows = None  # round 1: the test rows it learns from
 
 
-def run_job(job, deadline):
-    return train.train_unit(job.cfg, job.unit, job.workdir, job.data, torch.device(job.device), deadline,
-                            job.key_settings)
+@dataclass
+class Done:
+    """A finished unit: its job, its metrics, and where and for how long it trained."""
+    job: Job
+    metrics: dict
+    where: str
+    seconds: float
 
 
-class Sequential:
-    """Units one after another in this process."""
-    description = "one unit at a time"
+def run_job(job, arrays, deadline):
+    """Train one job's unit here; (metrics, seconds)."""
+    started = time.perf_counter()
+    data = arrays.unit_data(job.unit.fold, job.pseudo)
+    metrics = train.train_unit(job.cfg, job.unit, job.workdir, data, torch.device(job.device), deadline,
+                               job.key_settings)
+    return metrics, time.perf_counter() - started
 
-    def run(self, jobs, deadline):
-        for job in jobs:
-            yield job, run_job(job, deadline)
+
+def machine_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _start_worker(threads):
+class Executor:
+    """What every executor shares: the context of a session, and running a list of jobs to the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        self.close(stopped=kind is not None)
+        return False
+
+    def shutdown(self):
+        """Release what the executor holds once the run is over (Ray: its connection)."""
+
+    def run(self, jobs, arrays, deadline):
+        """Every job of a fixed list: yields Done as each finishes."""
+        with self.start(arrays, deadline):
+            for job in jobs:
+                self.submit(job)
+            yield from self.finished()
+
+
+class Sequential(Executor):
+    """Units one after another in this process (`threads`: torch threads meanwhile; None: as they are)."""
+
+    def __init__(self, threads=None):
+        self.threads = threads
+        self.description = "one unit at a time" + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
+
+    def start(self, arrays, deadline):
+        self.arrays, self.deadline, self.queue = arrays, deadline, deque()
+        self.threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return self
+
+    def submit(self, job):
+        self.queue.append(job)
+
+    def finished(self):
+        while self.queue:
+            job = self.queue.popleft()
+            metrics, seconds = run_job(job, self.arrays, self.deadline)
+            yield Done(job, metrics, "here", seconds)
+
+    def close(self, stopped):
+        torch.set_num_threads(self.threads_before)
+
+
+_WORKER_ARRAYS = None  # a pool worker's copy of the run's arrays (sent once, by its initializer)
+
+
+def _start_worker(threads, arrays):
+    global _WORKER_ARRAYS
+    _WORKER_ARRAYS = arrays
     torch.set_num_threads(threads)
     train.BATCH_BARS = False  # several units print at once: their epoch lines, not fighting batch bars
 
 
-class LocalPool:
+def _pool_job(job, deadline):
+    if deadline is not None and time.monotonic() > deadline:  # queued past the time limit: don't start it
+        raise TimeLimitReached(f"{job.unit.name}: not started")
+    return (*run_job(job, _WORKER_ARRAYS, deadline), f"process {os.getpid()}")
+
+
+class LocalPool(Executor):
     """`processes` units at a time, each in a spawned process with `threads` torch threads."""
 
     def __init__(self, processes, threads):
         self.processes, self.threads = processes, threads
         self.description = f"{processes} units side by side, {threads} thread{'s' * (threads > 1)} each"
 
-    def run(self, jobs, deadline):
+    def start(self, arrays, deadline):
         # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an undefined state
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker,
-                                 initargs=(self.threads,)) as pool:
-            futures = {pool.submit(run_job, job, deadline): job for job in jobs}
+        self.pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker,
+                                        initargs=(self.threads, arrays))
+        self.deadline, self.pending = deadline, {}
+        return self
+
+    def submit(self, job):
+        self.pending[self.pool.submit(_pool_job, job, self.deadline)] = job
+
+    def finished(self):
+        while self.pending:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = self.pending.pop(future)
+                metrics, seconds, where = future.result()
+                yield Done(job, metrics, where, seconds)
+
+    def close(self, stopped):
+        # An error, the time limit or Ctrl-C: start no new unit; the running ones stop at their next
+        # epoch end (the deadline) or now (Ctrl-C), their finished epochs saved.
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=stopped)
+
+
+# ---------------------------------------------------------------- Ray
+
+RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'fer_kaggle[ray]' "
+               "(or pip install 'ray>=2.9') on every machine that runs units")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise FerKaggleError(RAY_MISSING) from None
+    return ray
+
+
+def _node_name():
+    """This Ray node as the progress lines name it: its address and the start of its node id."""
+    import ray
+    context = ray.get_runtime_context()
+    return f"node {ray.util.get_node_ip_address()} {context.get_node_id()[:8]}"
+
+
+def _ray_unit(job, arrays, deadline_wall, threads):
+    """A Ray task: one unit, with `threads` torch threads. The deadline comes as wall-clock time,
+    because monotonic clocks are not comparable across machines."""
+    deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeLimitReached(f"{job.unit.name}: not started")
+    torch.set_num_threads(threads)
+    train.BATCH_BARS = False
+    metrics, seconds = run_job(job, arrays, deadline)
+    return metrics, seconds, _node_name()
+
+
+def _probe_node(workdir, token):
+    """A Ray task pinned to one node: can it read the driver's probe file and write its own?"""
+    import fer_kaggle
+    node = _node_name()
+    folder = Path(workdir)
+    try:
+        seen = (folder / ".probe-driver").read_text()
+    except OSError as exc:
+        return node, f"cannot read {folder / '.probe-driver'}: {exc.strerror or exc}"
+    if seen != token:
+        return node, f"its {folder} is another folder (the probe file there holds another token)"
+    try:
+        (folder / f".probe-{uuid.uuid4().hex}").write_text(f"{token} {node} {fer_kaggle.__version__}")
+    except OSError as exc:
+        return node, f"cannot write in {folder}: {exc.strerror or exc}"
+    return node, None
+
+
+class RayCluster(Executor):
+    """Each unit a Ray task: one GPU per unit on GPUs, `threads` CPU threads per unit on CPUs."""
+
+    def __init__(self, address, threads, workdir, device_choice):
+        self.ray = _import_ray()
+        self.workdir = Path(workdir).resolve()
+        self.started_here = not address
+        if address:
+            self.ray.init(address=address, log_to_driver=True)
+        else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
+            self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
+        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        on_gpus = device_choice == "cuda" or (device_choice == "auto" and gpus > 0)
+        if on_gpus and not gpus:
+            self.ray.shutdown()
+            raise FerKaggleError("--device cuda: the Ray cluster has no GPU (ray status lists its resources)")
+        self.device = torch.device("cuda" if on_gpus else "cpu")  # the nodes', not necessarily this machine's
+        self.threads = threads
+        self.resources = {"num_gpus": 1, "num_cpus": 1} if on_gpus else {"num_cpus": threads}
+        nodes = [n for n in self.ray.nodes() if n["Alive"]]
+        each = "one GPU each" if on_gpus else f"{threads} thread{'s' * (threads > 1)} each"
+        self.description = (f"Ray tasks on {len(nodes)} node(s) of "
+                            f"{'a local instance' if self.started_here else address}, {each}")
+        self.check_shared_folder(nodes)
+
+    def check_shared_folder(self, nodes, timeout=120):
+        """Every node writes and reads a probe file in the run folder; name the first that cannot."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        ray, token = self.ray, uuid.uuid4().hex
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        driver_probe = self.workdir / ".probe-driver"
+        driver_probe.write_text(token)
+        probe = ray.remote(_probe_node)
+        refs = {probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(self.workdir), token): n for n in nodes}
+        try:
+            ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            if missing:
+                node = refs[missing[0]]
+                raise FerKaggleError(f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} did not answer the "
+                                     f"shared-folder check in {timeout} s")
+            for ref in ready:
+                node = refs[ref]
+                try:
+                    name, problem = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # e.g. fer_kaggle not installed on that node
+                    raise FerKaggleError(f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} could not run "
+                                         f"the shared-folder check: {_cause(exc)}") from None
+                if problem:
+                    raise FerKaggleError(f"the run folder {self.workdir} is not shared with {name}: {problem}. "
+                                         f"Put --workdir on storage that every node mounts at the same path")
+            written = list(self.workdir.glob(".probe-*"))
+            if len(written) != len(nodes) + 1:
+                raise FerKaggleError(f"the run folder {self.workdir}: {len(nodes)} node(s) wrote a probe file "
+                                     f"there but {len(written) - 1} are seen from {socket.gethostname()}")
+        except BaseException:
+            self.ray.shutdown()
+            raise
+        finally:
+            for path in self.workdir.glob(".probe-*"):
+                path.unlink(missing_ok=True)
+
+    def start(self, arrays, deadline):
+        self.arrays_ref = self.ray.put(arrays)  # to each node once, not with every unit
+        self.deadline_wall = None if deadline is None else time.time() + (deadline - time.monotonic())
+        self.task = self.ray.remote(_ray_unit).options(**self.resources)
+        self.pending = {}
+        return self
+
+    def submit(self, job):
+        ref = self.task.remote(job, self.arrays_ref, self.deadline_wall, self.threads)
+        self.pending[ref] = job
+
+    def finished(self):
+        ray = self.ray
+        while self.pending:
+            [ref], _ = ray.wait(list(self.pending), num_returns=1)
+            job = self.pending.pop(ref)
             try:
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
-            except BaseException:
-                # An error, the time limit or Ctrl-C: start no new unit; the running ones stop at
-                # their next epoch end (the deadline) or now (Ctrl-C), their finished epochs saved.
-                for future in futures:
-                    future.cancel()
-                raise
+                metrics, seconds, where = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # our own errors as they are; Ray's (a lost node) named
+                cause = _cause(exc)
+                if isinstance(cause, (FerKaggleError, TimeLimitReached)):
+                    raise cause from None
+                raise FerKaggleError(f"{job.unit.name} failed on Ray: {cause}") from None
+            yield Done(job, metrics, where, seconds)
+
+    def close(self, stopped):
+        if stopped and self.pending:
+            self._stop_pending(self.ray)
+        self.pending = {}
+
+    def shutdown(self):
+        self.ray.shutdown()  # stops a local instance; from a cluster it disconnects, the cluster runs on
+
+    def _stop_pending(self, ray):
+        """Ctrl-C or an error: kill the running units now (each resumes from its last checkpoint). At
+        the time limit the running ones stop by themselves after their epoch: wait for those."""
+        if self.deadline_wall is not None and time.time() > self.deadline_wall:
+            ray.wait(list(self.pending), num_returns=len(self.pending))
+            return
+        for ref in self.pending:
+            ray.cancel(ref, force=True)
 
 
-def make_executor(parallel_units, device):
-    """Sequential for one unit at a time or on a GPU (one device: units would only queue for it)."""
-    if parallel_units <= 1 or device.type != "cpu":
-        return Sequential()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return LocalPool(parallel_units, max(1, cores // parallel_units))
+def _cause(exc):
+    """The exception a Ray task raised, without Ray's wrapping."""
+    cause = getattr(exc, "cause", None)
+    return cause if cause is not None else exc
+
+
+def make_executor(cfg, workdir):
+    """The executor of `cfg`, its `device` set: Ray where asked (its device is the cluster's), else
+    Sequential for one unit at a time or on a GPU (one device: units would only queue for it), else a
+    local pool."""
+    threads = cfg.unit_threads or max(1, machine_cores() // max(1, cfg.parallel_units))
+    if cfg.executor == "ray":
+        return RayCluster(cfg.ray_address or os.environ.get("RAY_ADDRESS", ""), threads, workdir, cfg.device)
+    device = train.resolve_device(cfg.device)
+    if cfg.parallel_units <= 1 or device.type != "cpu":
+        executor = Sequential(cfg.unit_threads or None)
+    else:
+        executor = LocalPool(cfg.parallel_units, threads)
+    executor.device = device
+    return executor

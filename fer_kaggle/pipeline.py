@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from tqdm.auto import tqdm
 
 from . import ensemble, heldout, inputs, pseudo, recipe, runfolder, shift
 from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
-from .executor import Job, make_executor
+from .executor import Job, PseudoRows, RunArrays, Sequential, make_executor
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
 from .runfolder import RunFolder
 from .submit import check_out_path
-from .train import Unit, UnitData, augment_on, autocast_dtype, build_model, is_finished, resolve_device
+from .train import Unit, augment_on, autocast_dtype, build_model, is_finished
 
 def cuda_available():
     """The one place the automatic preset looks for a GPU (tests replace it: no GPU needed to test both)."""
@@ -106,30 +107,19 @@ def estimate_cpu_hours(cfg, n_train, device):
     return images_per_backbone * seconds_per_image / 3600, images_per_backbone * len(cfg.backbones)
 
 
-def _unit_data(train_x, train_y, folds, fold, test_ids, test_x, extra_x=None, extra_y=None):
-    inside = folds != fold
-    images, labels = train_x[inside], train_y[inside]
-    if extra_x is not None and len(extra_x):
-        if extra_y.ndim == 2:  # soft pseudo-labels: every training row becomes a probability vector
-            labels = recipe.targets(labels)
-        images, labels = np.concatenate([images, extra_x]), np.concatenate([labels, extra_y])
-    valid = np.flatnonzero(folds == fold)
-    return UnitData(images, labels, valid, train_x[valid], train_y[valid], test_ids, test_x)
-
-
-def unit_key(cfg, round_, backbone, device, fingerprints, pseudo_table_key=None):
+def unit_key(cfg, round_, backbone, device, fingerprints, teachers=None):
     """(key, settings) of a unit: the short hash of every setting that changes what it learns or saves."""
     cfg = unit_config(cfg, backbone)
     amp = "bf16" if autocast_dtype(cfg.amp, device) is not None else "off"
-    settings = runfolder.unit_settings(cfg, round_, augment_on(cfg, device), amp, fingerprints, pseudo_table_key)
+    settings = runfolder.unit_settings(cfg, round_, augment_on(cfg, device), amp, fingerprints, teachers)
     return runfolder.short_hash({**settings, "backbone": backbone}), settings
 
 
-def _round_units(cfg, round_, device, fingerprints, pseudo_table_key=None, variant="", backbones=None):
+def _round_units(cfg, round_, device, fingerprints, teachers=None, variant="", backbones=None):
     """{Unit: its key's settings} of a round (or an ablation variant): every backbone x fold."""
     units = {}
     for backbone in backbones or cfg.backbones:
-        key, settings = unit_key(cfg, round_, backbone, device, fingerprints, pseudo_table_key)
+        key, settings = unit_key(cfg, round_, backbone, device, fingerprints, teachers)
         units.update({Unit(round_, backbone, fold, variant, key): settings for fold in range(cfg.folds)})
     return units
 
@@ -139,29 +129,111 @@ def _models(units):
     return list(dict.fromkeys(unit.model for unit in units))
 
 
-def _train_units(cfg, units, workdir, device, deadline, train_x, train_y, folds, test_ids, test_x,
-                 pseudo_table=None):
-    todo = [u for u in units if not is_finished(u.dir(workdir))]
-    units = dict(units) if isinstance(units, dict) else dict.fromkeys(units)
-    executor = make_executor(cfg.parallel_units, device)
+def _todo(units, workdir, executor):
+    """The units of a stage still to train; says how many are finished and how the rest will run."""
+    todo = [unit for unit in units if not is_finished(unit.dir(workdir))]
     stage = next(iter(units)).name.rsplit("/", 2)[0]
     print(f"{stage}: {len(units) - len(todo)} of {len(units)} units already finished"
           + (f"; training {len(todo)}, {executor.description}" if todo else ""))
-    position = {test_id: p for p, test_id in enumerate(test_ids)}
+    return todo
 
-    def jobs():  # one at a time: the sequential loop holds one unit's copy of the arrays, not all of them
-        for unit in todo:
-            extra_x = extra_y = None
-            if pseudo_table is not None:
-                chosen = pseudo_table[pseudo_table["fold"] == unit.fold]
-                extra_x = test_x[[position[i] for i in chosen["id"]]]
-                extra_y = chosen[pseudo.PROB_COLUMNS].to_numpy() if cfg.pseudo_soft else chosen["label"].to_numpy()
-            data = _unit_data(train_x, train_y, folds, unit.fold, test_ids, test_x, extra_x, extra_y)
-            yield Job(cfg, unit, workdir, data, str(device), units[unit])
 
-    for job, metrics in executor.run(jobs(), deadline):
-        print(f"{job.unit.name}: OOF accuracy {metrics['valid_acc']:.4f} "
-              f"({metrics['train_seconds']:.0f} s, {metrics['train_rows']} training images)", flush=True)
+def _say_done(done, bar):
+    where = "" if done.where == "here" else f", {done.where}"
+    bar.write(f"{done.job.unit.name}: OOF accuracy {done.metrics['valid_acc']:.4f} ({done.seconds:.0f} s, "
+              f"{done.metrics['train_rows']} training images{where})")
+    sys.stdout.flush()
+    bar.update()
+
+
+def _round_bar(executor, total):
+    """A bar over the units being trained, where units train elsewhere (one at a time, the batch bar shows)."""
+    return tqdm(total=total, desc="units", unit="unit", disable=isinstance(executor, Sequential) or None,
+                dynamic_ncols=True)
+
+
+class Rounds:
+    """Round 0, then each fold's pseudo-labelling students as soon as that fold's teachers are done.
+
+    Fold k's students learn from the test images fold k's teachers (every backbone's fold-k unit of
+    round 0) are confident about; the teachers of other folds may still be training. After each fold's
+    teachers: the class-share check of that fold (shift.py), which may refuse it pseudo-labels.
+    """
+
+    def __init__(self, cfg, folder, executor, device, fingerprints, arrays):
+        self.cfg, self.folder, self.executor, self.device, self.arrays = cfg, folder, executor, device, arrays
+        self.round0 = _round_units(cfg, 0, device, fingerprints)
+        self.teachers = _models(self.round0)
+        self.round1 = _round_units(cfg, 1, device, fingerprints, self.teachers) if cfg.pseudo else {}
+        self.students = _models(self.round1)
+        self.cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
+        self.shares, self.tables = {}, {}
+
+    def train(self, deadline):
+        workdir = self.folder.path
+        todo0 = _todo(self.round0, workdir, self.executor)
+        todo1 = _todo(self.round1, workdir, self.executor) if self.round1 else []
+        waiting = {fold: {u for u in todo0 if u.fold == fold} for fold in range(self.cfg.folds)}
+        with self.executor.start(self.arrays, deadline), _round_bar(self.executor, len(todo0) + len(todo1)) as bar:
+            for unit in todo0:
+                self.executor.submit(Job(self.cfg, unit, workdir, str(self.device), self.round0[unit]))
+            for fold in [fold for fold, left in waiting.items() if not left]:
+                self._taught(fold, todo1)
+            for done in self.executor.finished():
+                _say_done(done, bar)
+                left = waiting.get(done.job.unit.fold) if done.job.unit.round == 0 else None
+                if left:
+                    left.discard(done.job.unit)
+                    if not left:
+                        self._taught(done.job.unit.fold, todo1)
+
+    def _taught(self, fold, todo1):
+        """Fold `fold`'s teachers are done: check its class shares; release its students."""
+        figures = shift.fold_shares(*self._teacher_probs(fold), self.arrays.train_labels[self.arrays.folds != fold],
+                                    self.cut)
+        self.shares[fold] = figures
+        warning = shift.class_share_warning(fold, figures)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        if len(self.shares) == self.cfg.folds:
+            self.folder.write_shift(folds={str(k): shift.to_json(self.shares[k]) for k in sorted(self.shares)})
+        if not self.round1:
+            return
+        refusal = shift.pseudo_guard(figures)
+        if refusal:
+            print(f"pseudo-labels: fold {fold} gets none: {refusal}")
+        table = pseudo.fold_table(self.folder.path, self.teachers, fold, self.cut, refused=bool(refusal))
+        self.tables[fold] = table
+        print(f"pseudo-labels: fold {fold}'s students add {len(table)} of {len(self.arrays.test_ids)} test images "
+              f"(teachers' mean probability >= {self.cut:.3f}: {self.cfg.pseudo_threshold} of the "
+              f"{pseudo.probability_ceiling(self.cfg.label_smoothing):.3f} a model trained with label smoothing "
+              f"{self.cfg.label_smoothing} can reach)", flush=True)
+        if len(self.tables) == self.cfg.folds:
+            self._save_tables()
+        rows = PseudoRows(*pseudo.rows_and_targets(table, self.arrays.test_ids, self.cfg.pseudo_soft))
+        for unit in (u for u in todo1 if u.fold == fold):
+            settings = {**self.round1[unit], "pseudo_rows": pseudo.table_hash(table)}
+            self.executor.submit(Job(self.cfg, unit, self.folder.path, str(self.device), settings, rows))
+
+    def _teacher_probs(self, fold):
+        _, test_probs = pseudo.teacher_probs(self.folder.path, self.teachers, fold)
+        _, oof_probs = pseudo.teacher_oof(self.folder.path, self.teachers, fold)
+        return test_probs, oof_probs
+
+    def _save_tables(self):
+        table, key = pseudo.save_table(self.folder.path, [self.tables[k] for k in sorted(self.tables)])
+        self.folder.write_record(pseudo_table=self.folder.pseudo_table_path(key).name)
+        print("pseudo-labels added per class and fold:")
+        print(pseudo.counts_per_class(table, self.cfg.folds).to_string(), flush=True)
+
+
+def _train_units(cfg, units, folder, executor, device, deadline, arrays):
+    """Train `units` (all from the train rows: the ablations), however the executor runs them."""
+    todo = _todo(units, folder.path, executor)
+    jobs = [Job(cfg, unit, folder.path, str(device), units[unit]) for unit in todo]
+    with _round_bar(executor, len(todo)) as bar:
+        for done in executor.run(jobs, arrays, deadline):
+            _say_done(done, bar)
 
 
 def ablation_variants(cfg):
@@ -177,12 +249,12 @@ def ablation_variants(cfg):
             ("dnn", cfg.replace(**uncropped), counterparts[cnn])]
 
 
-def _train_ablations(cfg, workdir, device, deadline, fingerprints, *arrays):
+def _train_ablations(cfg, folder, executor, device, deadline, fingerprints, arrays):
     """Train the report's ablations; returns {variant: model folder}."""
     models = {}
     for variant, variant_cfg, backbone in ablation_variants(cfg):
         units = _round_units(variant_cfg, 0, device, fingerprints, variant=variant, backbones=[backbone])
-        _train_units(variant_cfg, units, workdir, device, deadline, *arrays)
+        _train_units(variant_cfg, units, folder, executor, device, deadline, arrays)
         models[variant] = _models(units)[0]
     return models
 
@@ -213,9 +285,16 @@ def run(cfg, source, out, workdir, submissions, report_dir=None):
 
 def _run(cfg, source, out, folder, submissions, report_dir):
     started = time.perf_counter()
-    workdir = folder.path
     deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
-    device = resolve_device(cfg.device)
+    executor = make_executor(cfg, folder.path)  # first: Ray connects and checks the shared folder
+    try:
+        return _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started)
+    finally:
+        executor.shutdown()
+
+
+def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started):
+    workdir, device = folder.path, executor.device
     print(f"reading {source.describe()}")
     data, log = inputs.load(source, folder.cache_dir)
     for line in log:
@@ -239,18 +318,20 @@ def _run(cfg, source, out, folder, submissions, report_dir):
     # the arrays' own hashes, not the files': the same faces in another file form reuse the units
     fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
                     runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
-    arrays = (train_x, train_y, folds, test_ids, test_x)
-    round0 = _round_units(cfg, 0, device, fingerprints)
-    models = _models(round0)
+    arrays = RunArrays(train_x, train_y, folds, test_ids, test_x)
+    rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays)
+    models = rounds.teachers + rounds.students
     folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,
                         started=time.time(), finished=None)
-    _train_units(cfg, round0, workdir, device, deadline, *arrays)
-    refused = _check_class_shares(cfg, folder, models, train_y, folds)
+    rounds.train(deadline)
     if cfg.pseudo:
-        models += _pseudo_round(cfg, folder, models, device, deadline, fingerprints, arrays, refused)
+        labels = ensemble.load_models(workdir, rounds.teachers)[1]
+        before, after = (ensemble.best_oof_accuracy(ensemble.load_models(workdir, names)[0], labels)
+                         for names in (rounds.teachers, rounds.students))
+        print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
 
     if cfg.ablation:
-        folder.write_record(ablations=_train_ablations(cfg, workdir, device, deadline, fingerprints, *arrays))
+        folder.write_record(ablations=_train_ablations(cfg, folder, executor, device, deadline, fingerprints, arrays))
     others = sorted(set(folder.model_names()) - set(models))
     if others:
         print(f"ensemble: this run's {len(models)} models; {len(others)} other model(s) in {workdir} "
@@ -285,50 +366,6 @@ def _check_shift(cfg, source, folder, train_x, test_x):
     print(warning, file=sys.stderr, flush=True)
     if cfg.strict_shift:
         raise FerKaggleError(f"--strict-shift: {warning.removeprefix('warning: ')}; nothing was trained")
-
-
-def _check_class_shares(cfg, folder, teachers, train_y, folds):
-    """After round 0, per fold: test against held-out class shares of its teachers; the folds refused
-    pseudo-labels (shift.pseudo_guard), with why."""
-    cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
-    per_fold, refused = {}, {}
-    for fold in range(cfg.folds):
-        _, test_probs = pseudo.teacher_probs(folder.path, teachers, fold)
-        _, oof_probs = pseudo.teacher_oof(folder.path, teachers, fold)
-        figures = shift.fold_shares(test_probs, oof_probs, train_y[folds != fold], cut)
-        per_fold[str(fold)] = shift.to_json(figures)
-        warning = shift.class_share_warning(fold, figures)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-        reason = shift.pseudo_guard(figures)
-        if reason:
-            refused[fold] = reason
-    folder.write_shift(folds=per_fold)
-    return refused
-
-
-def _pseudo_round(cfg, folder, teachers, device, deadline, fingerprints, arrays, refused):
-    """Round 1: pseudo-labels from `teachers` (round-0 models), students trained on them; their models."""
-    workdir, test_ids = folder.path, arrays[3]
-    models, labels = ensemble.load_models(workdir, teachers)
-    before = ensemble.best_oof_accuracy(models, labels)
-    cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
-    for fold, reason in refused.items():
-        print(f"pseudo-labels: fold {fold} gets none: {reason}")
-    table, table_key = pseudo.pseudo_labels(workdir, teachers, cfg.folds, cut, refused)
-    print(f"pseudo-labels: teachers' mean probability >= {cut:.3f} ({cfg.pseudo_threshold} of the "
-          f"{pseudo.probability_ceiling(cfg.label_smoothing):.3f} a model trained with label smoothing "
-          f"{cfg.label_smoothing} can reach): {len(table) / cfg.folds:.0f} of {len(test_ids)} test images "
-          f"per fold on average; added per class and fold:")
-    print(pseudo.counts_per_class(table, cfg.folds).to_string())
-    round1 = _round_units(cfg, 1, device, fingerprints, table_key)
-    students = _models(round1)
-    folder.write_record(models=[*teachers, *students], pseudo_table=folder.pseudo_table_path(table_key).name)
-    _train_units(cfg, round1, workdir, device, deadline, *arrays, table)
-    models, _ = ensemble.load_models(workdir, students)
-    after = ensemble.best_oof_accuracy(models, labels)
-    print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
-    return students
 
 
 def command(args):

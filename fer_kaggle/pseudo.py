@@ -7,9 +7,10 @@ model trained with the run's label smoothing can output (1 - s + s/7; 0.914 at s
 So 0.9 means "90% of what a teacher can say" under any label smoothing. No teacher that saw fold k's validation rows is
 asked, so the student's OOF accuracy on fold k stays honest.
 
-Writes `<workdir>/round1/pseudo_labels-<key>.csv` (fold, id, label, confidence, p_<class> for each
-class), `key` a hash of its content: part of the key of every student that learns from it.
-With --pseudo-soft the students learn the teachers' probabilities instead of their argmax.
+Fold k's table is made as soon as fold k's teachers are done (the other folds' may still train); its hash
+goes into each of fold k's students' config.json, and all folds' tables into
+`<workdir>/round1/pseudo_labels-<key>.csv` (fold, id, label, confidence, p_<class> for each class), `key`
+a hash of its content. With --pseudo-soft the students learn the teachers' probabilities instead of their argmax.
 """
 from pathlib import Path
 
@@ -62,23 +63,39 @@ def teacher_oof(workdir, teachers, fold):
     return _teachers_mean(workdir, teachers, fold, runfolder.OOF_FILE, "rows")
 
 
-def pseudo_labels(workdir, teachers, n_folds, threshold, refused=()):
-    """(the pseudo-label table of every fold, its key), saved as round1/pseudo_labels-<key>.csv.
+COLUMNS = ["fold", "id", "label", "confidence", *PROB_COLUMNS]
 
-    A fold in `refused` (shift.pseudo_guard: its teachers collapsed on test) gets no test images.
-    """
-    tables = []
-    for fold in range(n_folds):
-        if fold in refused:
-            continue
-        ids, probs = teacher_probs(workdir, teachers, fold)
-        chosen, labels, confidence = select(probs, threshold)
-        table = pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels, "confidence": confidence.round(6)})
-        table[PROB_COLUMNS] = probs[chosen].round(6)  # the teachers' probabilities, for --pseudo-soft
-        tables.append(table)
-    columns = ["fold", "id", "label", "confidence", *PROB_COLUMNS]
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
-    key = short_hash(table.to_csv(index=False))
+
+def fold_table(workdir, teachers, fold, threshold, refused=False):
+    """Fold `fold`'s pseudo-labels: the test images its teachers agree on with a mean probability of at
+    least `threshold` (none where `refused`: shift.pseudo_guard found its teachers collapsed on test)."""
+    if refused:
+        return pd.DataFrame(columns=COLUMNS)
+    ids, probs = teacher_probs(workdir, teachers, fold)
+    chosen, labels, confidence = select(probs, threshold)
+    table = pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels, "confidence": confidence.round(6)})
+    table[PROB_COLUMNS] = probs[chosen].round(6)  # the teachers' probabilities, for --pseudo-soft
+    return table
+
+
+def table_hash(table):
+    """What a student's config.json records of the rows it learned from (a changed teacher changes it)."""
+    return short_hash(table.to_csv(index=False))
+
+
+def rows_and_targets(table, test_ids, soft):
+    """(positions in the test arrays, targets): the labels, or with --pseudo-soft the probabilities."""
+    position = {test_id: p for p, test_id in enumerate(test_ids)}
+    rows = np.array([position[i] for i in table["id"]], dtype=np.int64)
+    targets = table[PROB_COLUMNS].to_numpy(np.float32) if soft else table["label"].to_numpy(np.int64)
+    return rows, targets
+
+
+def save_table(workdir, fold_tables):
+    """Every fold's table in one file, round1/pseudo_labels-<key>.csv (the report reads it); (table, key)."""
+    tables = [t for t in fold_tables if len(t)]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+    key = table_hash(table)
     save_csv(RunFolder(workdir).pseudo_table_path(key), table)
     return table, key
 

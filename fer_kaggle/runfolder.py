@@ -66,17 +66,20 @@ def arrays_fingerprint(*arrays):
     return digest.hexdigest()[:16]
 
 
-def unit_settings(cfg, round_, augment_on, amp, data_fingerprints, pseudo_table_key=None):
+def unit_settings(cfg, round_, augment_on, amp, data_fingerprints, teachers=None):
     """The settings a unit's key is made of (also saved in its config.json as "key_settings").
 
     `cfg` is the unit's config with per-backbone choices resolved (models.unit_config); `augment_on`
     and `amp` as resolved on the device ("device"/"host", "bf16"/"off"): where "auto" lands changes
-    the augmentation's random draws and the arithmetic. Round 1 adds the pseudo-label table's key.
+    the augmentation's random draws and the arithmetic. Round 1 adds the pseudo-label settings and its
+    teachers (round-0 model folders, each named by its own key), not the table itself: so a fold's students
+    can start while other folds' teachers still train. Each student's config.json also records a hash of
+    the rows it learned from ("pseudo_rows"), checked before it is handed back (train._check_config).
     """
     settings = {name: getattr(cfg, name) for name in KEY_FIELDS}
     settings.update(augment_on=augment_on, amp=amp, data=list(data_fingerprints))
     if round_ == 1:
-        settings.update({name: getattr(cfg, name) for name in PSEUDO_KEY_FIELDS}, pseudo_table=pseudo_table_key)
+        settings.update({name: getattr(cfg, name) for name in PSEUDO_KEY_FIELDS}, teachers=list(teachers))
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 

@@ -4,25 +4,38 @@ import pandas as pd
 import pytest
 import torch
 
+from fer_kaggle import train
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.executor import Job, LocalPool, Sequential, make_executor
-from fer_kaggle.train import Unit, UnitData, monitor_rows
+from fer_kaggle.executor import Job, LocalPool, PseudoRows, RunArrays, Sequential, make_executor
+from fer_kaggle.train import Unit, monitor_rows
 
 CFG = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), epochs=1, batch_size=32, device="cpu")
 
 
-def _jobs(workdir, demo_train, demo_test, cfg=CFG):
+def _arrays_of(demo_train, demo_test):
+    """600 train rows: 300-399 are fold 0, 400-499 fold 1, the rest in no held-out fold; 50 test images."""
     images, labels = demo_train
     ids, test_images = demo_test
-    jobs = []
-    for fold in range(2):
-        valid = np.arange(300 + 100 * fold, 400 + 100 * fold)
-        train_rows = np.setdiff1d(np.arange(600), valid)
-        data = UnitData(images[train_rows], labels[train_rows], valid, images[valid], labels[valid], ids[:50],
-                        test_images[:50])
-        jobs.append(Job(cfg, Unit(0, "fer_resnet_tiny", fold), workdir, data, "cpu"))
-    return jobs
+    folds = np.full(600, -1)
+    folds[300:400], folds[400:500] = 0, 1
+    return RunArrays(images[:600], labels[:600], folds, ids[:50], test_images[:50])
+
+
+def _jobs(workdir, cfg=CFG):
+    return [Job(cfg, Unit(0, "fer_resnet_tiny", fold), workdir, "cpu") for fold in range(2)]
+
+
+def test_a_units_rows_come_from_its_fold_and_its_pseudo_labels(demo_train, demo_test):
+    arrays = _arrays_of(demo_train, demo_test)
+    data = arrays.unit_data(1)
+    assert data.valid_rows.tolist() == list(range(400, 500))
+    assert len(data.train_images) == 500 and np.array_equal(data.train_images[300:400], arrays.train_images[300:400])
+    student = arrays.unit_data(1, PseudoRows(np.array([4, 2]), np.array([6, 0])))
+    assert len(student.train_images) == 502 and student.train_labels[-2:].tolist() == [6, 0]
+    assert np.array_equal(student.train_images[-2:], arrays.test_images[[4, 2]])
+    soft = arrays.unit_data(1, PseudoRows(np.array([4]), np.full((1, 7), 1 / 7, np.float32)))
+    assert soft.train_labels.shape == (501, 7) and soft.train_labels[:500].max(1).min() == 1.0
 
 
 def _arrays(workdir, fold):
@@ -36,13 +49,10 @@ def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, 
     """Each unit gets its own arrays and seeds in its worker: with the same thread count (one), the pool's
     files equal the sequential loop's, byte for byte, whatever order the units finish in."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        done = [job.unit.fold for job, _ in Sequential().run(_jobs(tmp_path / "seq", demo_train, demo_test), None)]
-    finally:
-        torch.set_num_threads(threads)
-    finished = [job.unit.fold for job, _ in LocalPool(2, 1).run(_jobs(tmp_path / "pool", demo_train, demo_test),
-                                                                 None)]
+    arrays = _arrays_of(demo_train, demo_test)
+    done = [d.job.unit.fold for d in Sequential(1).run(_jobs(tmp_path / "seq"), arrays, None)]
+    assert torch.get_num_threads() == threads, "the sequential loop gives its threads back"
+    finished = [d.job.unit.fold for d in LocalPool(2, 1).run(_jobs(tmp_path / "pool"), arrays, None)]
     assert done == [0, 1] and sorted(finished) == [0, 1]
     for fold in range(2):
         sequential, pooled = _arrays(tmp_path / "seq", fold), _arrays(tmp_path / "pool", fold)
@@ -55,15 +65,20 @@ def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, 
 def test_an_error_in_a_worker_stops_the_round_with_its_message(tmp_path, demo_train, demo_test):
     cfg = CFG.replace(lr=1e30, optimizer="sgd", amp="off")  # the loss overflows in the first steps
     with pytest.raises(FerKaggleError, match="the training loss became non-finite"):
-        list(LocalPool(2, 1).run(_jobs(tmp_path, demo_train, demo_test, cfg), None))
+        list(LocalPool(2, 1).run(_jobs(tmp_path, cfg), _arrays_of(demo_train, demo_test), None))
     assert not list(tmp_path.glob("round0/*/*/metrics.json"))
 
 
-def test_make_executor():
-    assert isinstance(make_executor(1, torch.device("cpu")), Sequential)
-    assert isinstance(make_executor(2, torch.device("cuda")), Sequential), "one GPU: units would queue for it"
-    pool = make_executor(2, torch.device("cpu"))
+def test_make_executor(tmp_path, monkeypatch):
+    cpu = CFG.replace(device="cpu")
+    assert isinstance(make_executor(cpu, tmp_path), Sequential)
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device(name))
+    assert isinstance(make_executor(cpu.replace(parallel_units=2, device="cuda"), tmp_path), Sequential), \
+        "one GPU: units would queue for it"
+    pool = make_executor(cpu.replace(parallel_units=2), tmp_path)
     assert isinstance(pool, LocalPool) and pool.processes == 2 and pool.threads >= 1
+    assert make_executor(cpu.replace(parallel_units=2, unit_threads=3), tmp_path).threads == 3
+    assert make_executor(cpu.replace(unit_threads=1), tmp_path).threads == 1
 
 
 def test_monitor_rows_is_a_fixed_sample_or_everything():

@@ -1,5 +1,6 @@
 """Pseudo-label selection and its no-leak rule."""
 import numpy as np
+import pandas as pd
 
 from fer_kaggle import pseudo
 from fer_kaggle.atomic import save_npz
@@ -23,11 +24,12 @@ def test_each_fold_uses_only_its_own_teachers(tmp_path):
             probs = np.full((4, 7), 0.01, dtype=np.float32)
             probs[fold, fold] = 0.94  # each fold's teachers are sure of one test row only: row `fold`
             save_npz(tmp_path / f"round0/{backbone}/fold{fold}/test.npz", ids=ids, probs=probs)
-    table, key = pseudo.pseudo_labels(tmp_path, [f"round0/{b}" for b in backbones], n_folds, threshold=0.9)
-    for fold in range(n_folds):
-        rows = table[table["fold"] == fold]
-        assert rows["id"].tolist() == [ids[fold]] and rows["label"].tolist() == [fold]
-    assert (tmp_path / f"round1/pseudo_labels-{key}.csv").exists()
+    teachers = [f"round0/{b}" for b in backbones]
+    tables = [pseudo.fold_table(tmp_path, teachers, fold, threshold=0.9) for fold in range(n_folds)]
+    for fold, rows in enumerate(tables):
+        assert rows["fold"].tolist() == [fold] and rows["id"].tolist() == [ids[fold]] and rows["label"].tolist() == [fold]
+    table, key = pseudo.save_table(tmp_path, tables)
+    assert pd.read_csv(tmp_path / f"round1/pseudo_labels-{key}.csv")["id"].tolist() == ids[:3].tolist()
     counts = pseudo.counts_per_class(table, n_folds)
     assert counts.loc["angry", "fold0"] == 1 and counts.to_numpy().sum() == 3
 
@@ -76,3 +78,19 @@ def test_threshold_means_the_same_share_under_any_label_smoothing():
     assert pseudo.absolute_threshold(0.9, 0.0) == 0.9
     assert abs(pseudo.absolute_threshold(0.9, 0.1) - 0.9 * (0.9 + 0.1 / 7)) < 1e-12
     assert pseudo.select(np.array([[0.829, 0.171, 0, 0, 0, 0, 0]]), 0.9)[0].size == 0
+
+
+def test_a_students_rows_and_targets_point_at_the_test_images(tmp_path):
+    """The rows a student adds are positions in the test arrays; soft targets are the teachers' probabilities."""
+    ids = np.array([7, 3, 9])
+    probs = np.full((3, 7), 0.01, dtype=np.float32)
+    probs[2, 4] = 0.94  # only test id 9 (position 2) is confident
+    save_npz(tmp_path / "round0/a/fold0/test.npz", ids=ids, probs=probs)
+    table = pseudo.fold_table(tmp_path, ["round0/a"], 0, threshold=0.9)
+    rows, labels = pseudo.rows_and_targets(table, ids, soft=False)
+    assert rows.tolist() == [2] and labels.tolist() == [4]
+    rows, soft = pseudo.rows_and_targets(table, ids, soft=True)
+    assert soft.shape == (1, 7) and np.allclose(soft[0], probs[2], atol=1e-6)
+    empty = pseudo.fold_table(tmp_path, ["round0/a"], 0, threshold=0.9, refused=True)
+    assert len(pseudo.rows_and_targets(empty, ids, soft=True)[0]) == 0
+    assert pseudo.table_hash(table) != pseudo.table_hash(empty)

@@ -74,7 +74,8 @@ def test_settings_that_change_nothing_learned_reuse_the_units(tiny_run):
 
 
 def test_a_new_pseudo_threshold_retrains_round1_only(tiny_run, tmp_path):
-    """Round 0 ignores the pseudo-label settings; round 1's units are keyed by the table they learned from."""
+    """Round 0 ignores the pseudo-label settings; round 1's units are keyed by them and by their teachers,
+    and each records the hash of the rows it learned from."""
     _, printed, first = tiny_run("--pseudo", "--pseudo-threshold", "0.15")
     assert len(_trained(printed)) == 4
     _, printed, second = tiny_run("--pseudo", "--pseudo-threshold", "0.2")
@@ -83,11 +84,11 @@ def test_a_new_pseudo_threshold_retrains_round1_only(tiny_run, tmp_path):
     round0 = [m for m in first["models"] if m.startswith("round0/")]
     assert round0 == [m for m in second["models"] if m.startswith("round0/")]
     assert {m for m in first["models"] if m.startswith("round1/")}.isdisjoint(second["models"])
-    tables = [json.loads(path.read_text())["key_settings"]["pseudo_table"]
-              for path in (tmp_path / "run" / "round1").glob("*/fold0/config.json")]
-    assert len(set(tables)) == 2, "both thresholds admitted the same images: the test shows nothing"
-    for key in tables:  # each student's table is still on disk, not overwritten by the next threshold's
-        assert (tmp_path / "run" / "round1" / f"pseudo_labels-{key}.csv").exists()
+    rows = [json.loads(path.read_text())["key_settings"]["pseudo_rows"]
+            for path in (tmp_path / "run" / "round1").glob("*/fold0/config.json")]
+    assert len(set(rows)) == 2, "both thresholds admitted the same images: the test shows nothing"
+    # each run's table is still on disk, not overwritten by the next threshold's
+    assert len(list((tmp_path / "run" / "round1").glob("pseudo_labels-*.csv"))) == 2
 
 
 def test_key_holds_what_changes_weights_or_predictions():
@@ -95,8 +96,8 @@ def test_key_holds_what_changes_weights_or_predictions():
     device = torch.device("cpu")
     fingerprints = ("train-fp", "test-fp")
 
-    def key(changes, round_=0, table=None, data=fingerprints):
-        return pipeline.unit_key(cfg.replace(**changes), round_, "fer_vgg_tiny", device, data, table)[0]
+    def key(changes, round_=0, teachers=None, data=fingerprints):
+        return pipeline.unit_key(cfg.replace(**changes), round_, "fer_vgg_tiny", device, data, teachers)[0]
 
     base = key({})
     for change in ({"epochs": 13}, {"lr": 1e-3}, {"tta": "none"}, {"crop": 44}, {"seed": 1}, {"amp": "off"},
@@ -107,7 +108,9 @@ def test_key_holds_what_changes_weights_or_predictions():
     for change in ({"time_limit": 5.0}, {"workers": 3}, {"monitor_rows": 7}, {"parallel_units": 2},
                    {"pseudo_threshold": 0.5}, {"pseudo_soft": True}, {"compile": True}, {"ablation": True}):
         assert key(change) == base, change
-    assert key({"pseudo_threshold": 0.5}, 1, "t1") != key({}, 1, "t1") != key({}, 1, "t2")
+    for change in ({"executor": "ray"}, {"ray_address": "10.0.0.1:6379"}, {"unit_threads": 1}):
+        assert key(change) == base, change
+    assert key({"pseudo_threshold": 0.5}, 1, ["round0/a-1"]) != key({}, 1, ["round0/a-1"]) != key({}, 1, ["round0/a-2"])
 
 
 # ---------------------------------------------------------------- the lock

@@ -118,9 +118,10 @@ def test_the_guard_empties_the_refused_folds_table(tmp_path):
     ids = np.arange(50)
     for fold in range(2):
         save_npz(tmp_path / f"round0/a/fold{fold}/test.npz", ids=ids, probs=_probs(np.zeros(50, int)))
-    table, _ = pseudo.pseudo_labels(tmp_path, ["round0/a"], 2, 0.5, refused={1: "collapsed"})
+    tables = [pseudo.fold_table(tmp_path, ["round0/a"], fold, 0.5, refused=fold == 1) for fold in range(2)]
+    table, _ = pseudo.save_table(tmp_path, tables)
     assert set(table["fold"]) == {0} and len(table) == 50
-    table, _ = pseudo.pseudo_labels(tmp_path, ["round0/a"], 2, 0.5, refused={0: "x", 1: "y"})
+    table, _ = pseudo.save_table(tmp_path, [pseudo.fold_table(tmp_path, ["round0/a"], k, 0.5, True) for k in range(2)])
     assert len(table) == 0
 
 
@@ -137,6 +138,7 @@ def test_the_run_says_why_a_fold_gets_no_pseudo_labels(tmp_path, monkeypatch, ca
     assert code == 0, printed.err[-2000:]
     assert "pseudo-labels: fold 0 gets none: collapsed (a test)" in printed.out
     assert "pseudo-labels: fold 1 gets none: collapsed (a test)" in printed.out
-    assert "0 of 400 test images per fold" in printed.out
+    assert "fold 0's students add 0 of 400 test images" in printed.out
+    assert "fold 1's students add 0 of 400 test images" in printed.out
     figures = (tmp_path / "run" / "shift.json").read_text()
     assert '"folds"' in figures and '"adversarial_auc"' in figures

@@ -84,6 +84,17 @@ def test_a_finished_unit_is_not_handed_back_for_other_settings(tmp_path, small_u
         train_unit(CFG.replace(tta="none"), UNIT, tmp_path, small_unit_data, CPU)
 
 
+def test_a_student_is_not_handed_back_for_other_pseudo_label_rows(tmp_path, small_unit_data):
+    """A student's key names its teachers, not their table: the rows it learned from are checked apart."""
+    student = Unit(1, "fer_vgg_tiny", 0, key="0123abcd")
+    first = train_unit(CFG.replace(epochs=1), student, tmp_path, small_unit_data, CPU, key_settings={"pseudo_rows": "aa"})
+    assert train_unit(CFG.replace(epochs=1), student, tmp_path, small_unit_data, CPU,
+                      key_settings={"pseudo_rows": "aa"}) == first
+    with pytest.raises(FerKaggleError, match=r"learned from other pseudo-labels \(rows aa\) than its teachers give "
+                                             r"now \(rows bb\): a teacher was retrained; delete .*fold0 to retrain"):
+        train_unit(CFG.replace(epochs=1), student, tmp_path, small_unit_data, CPU, key_settings={"pseudo_rows": "bb"})
+
+
 def test_resume_with_other_options_is_refused(tmp_path, small_unit_data, monkeypatch):
     monkeypatch.setattr(train, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
