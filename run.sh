@@ -50,7 +50,7 @@ setup() {  # $1: what must import, $2: what to install
 
 if [ "${1:-}" = "test" ]; then
   shift
-  setup "fer_kaggle, pytest" "$root[test]"
+  setup "fer_kaggle, pytest, ray" "$root[test]"
   cd "$root"
   exec "$python" -m pytest "$@"
 fi

@@ -258,24 +258,33 @@ class RayCluster(Executor):
     def __init__(self, address, threads, workdir, device_choice):
         self.ray = _import_ray()
         self.workdir = Path(workdir).resolve()
-        self.started_here = not address
         if address:
             self.ray.init(address=address, log_to_driver=True)
         else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
             self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
+        try:
+            nodes = [node for node in self.ray.nodes() if node["Alive"]]
+            self._plan(nodes, threads, device_choice)
+            self.description = (f"Ray tasks on {len(nodes)} node(s) of {address or 'a local instance'}, "
+                                + ("one GPU each" if self.device.type == "cuda" else
+                                   f"{threads} thread{'s' * (threads > 1)} each"))
+            self.check_shared_folder(nodes)
+        except BaseException:
+            self.ray.shutdown()
+            raise
+
+    def _plan(self, nodes, threads, device_choice):
+        """The units' device (the nodes', not necessarily this machine's) and what each task asks for."""
         gpus = int(self.ray.cluster_resources().get("GPU", 0))
         on_gpus = device_choice == "cuda" or (device_choice == "auto" and gpus > 0)
         if on_gpus and not gpus:
-            self.ray.shutdown()
-            raise FerKaggleError("--device cuda: the Ray cluster has no GPU (ray status lists its resources)")
-        self.device = torch.device("cuda" if on_gpus else "cpu")  # the nodes', not necessarily this machine's
-        self.threads = threads
+            raise FerKaggleError("--device cuda: the Ray cluster has no GPU (`ray status` lists its resources)")
+        largest = max(int(node["Resources"].get("CPU", 0)) for node in nodes)
+        if not on_gpus and threads > largest:  # Ray would queue such a task forever
+            raise FerKaggleError(f"each unit asks for {threads} CPU threads but the largest Ray node has {largest} "
+                                 f"CPUs: give --unit-threads {largest} or less")
+        self.device, self.threads = torch.device("cuda" if on_gpus else "cpu"), threads
         self.resources = {"num_gpus": 1, "num_cpus": 1} if on_gpus else {"num_cpus": threads}
-        nodes = [n for n in self.ray.nodes() if n["Alive"]]
-        each = "one GPU each" if on_gpus else f"{threads} thread{'s' * (threads > 1)} each"
-        self.description = (f"Ray tasks on {len(nodes)} node(s) of "
-                            f"{'a local instance' if self.started_here else address}, {each}")
-        self.check_shared_folder(nodes)
 
     def check_shared_folder(self, nodes, timeout=120):
         """Every node writes and reads a probe file in the run folder; name the first that cannot."""
@@ -307,9 +316,6 @@ class RayCluster(Executor):
             if len(written) != len(nodes) + 1:
                 raise FerKaggleError(f"the run folder {self.workdir}: {len(nodes)} node(s) wrote a probe file "
                                      f"there but {len(written) - 1} are seen from {socket.gethostname()}")
-        except BaseException:
-            self.ray.shutdown()
-            raise
         finally:
             for path in self.workdir.glob(".probe-*"):
                 path.unlink(missing_ok=True)

@@ -1,0 +1,207 @@
+"""--executor ray: the same files as the sequential loop, on a local Ray instance and on a two-node cluster
+started on this machine (usage statistics off); the shared-folder check; Ctrl-C; Ray missing.
+
+The cluster is started once for the module: a head and a worker node as separate processes, one CPU
+each, given --node-ip-address 127.0.0.1. (Ray maps that to the machine's own address for any cluster
+that can take a second node, services.resolve_ip_for_localhost; its loopback-only mode,
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, refuses a second node. The test machine's network is closed.)
+The worker runs in its own mount namespace where one folder is an empty tmpfs: a run folder there is
+one that node cannot see, as on a cluster whose storage is not shared.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_kaggle import pipeline
+from fer_kaggle.inputs import DEMO_TEST, DEMO_TRAIN
+
+# no usage statistics, no authentication token to hand around between the test's processes
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+TINY = ["--preset", "demo", "--folds", "2", "--epochs", "1", "--pseudo", "--pseudo-threshold", "0.2"]
+NODE = re.compile(r"^(round\d/\S+): OOF accuracy .*, node [\d.]+ ([0-9a-f]{8})\)$", re.M)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_env():
+    before = {name: os.environ.get(name) for name in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _run(tmp, name, *options, capsys=None):
+    """The pipeline on the bundled sample in `tmp/name`; (exit code, stdout+stderr, run folder)."""
+    workdir = tmp / name
+    workdir.mkdir()
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"), "--workdir", str(workdir),
+                          "--submissions", str(workdir / "subs"), *TINY, *options])
+    printed = capsys.readouterr() if capsys else None
+    return code, (printed.out + printed.err) if printed else "", workdir
+
+
+def _files(workdir):
+    """Every probability file and the submission, by path inside the run folder: their bytes."""
+    paths = sorted(p for p in workdir.rglob("*.npz") if p.relative_to(workdir).parts[0].startswith("round"))
+    files = {str(p.relative_to(workdir)): p.read_bytes() for p in paths}
+    files["out.csv"] = (workdir / "out.csv").read_bytes()
+    return files
+
+
+def _assert_same_files(reference, other):
+    mine, theirs = _files(reference), _files(other)
+    assert len(mine) == 2 * 2 * 2 * 2 + 1, sorted(mine)  # 2 rounds x 2 backbones x 2 folds x (oof, test) + csv
+    assert mine.keys() == theirs.keys()
+    different = [name for name in mine if mine[name] != theirs[name]]
+    assert not different, different
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The sequential loop's runs: with all threads (as Ray's default), and with one thread per unit."""
+    tmp = tmp_path_factory.mktemp("sequential")
+    assert _run(tmp, "threads")[0] == 0
+    assert _run(tmp, "one_thread", "--unit-threads", "1")[0] == 0
+    return tmp
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(address, the folder the worker node cannot see, the worker node's id)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("the two-node test needs root and unshare (a mount namespace for the worker node)")
+    ray_bin = Path(sys.executable).with_name("ray")
+    tmp = tmp_path_factory.mktemp("cluster")
+    hidden = tmp / "hidden"
+    hidden.mkdir()
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, **RAY_ENV}
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker_cmd = f"mount -t tmpfs none {hidden} && exec {ray_bin} start --address {address} " \
+                 f"--resources '{{\"hidden_view\": 1}}' {' '.join(common)}"
+    worker = None
+    try:
+        import ray
+        for _ in range(60):  # the head takes a few seconds to listen
+            time.sleep(1)
+            if subprocess.run([ray_bin, "status", "--address", address], env=env, capture_output=True).returncode == 0:
+                break
+        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker_cmd], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        ray.init(address=address)
+        try:
+            for _ in range(60):
+                nodes = [n for n in ray.nodes() if n["Alive"]]
+                if len(nodes) == 2:
+                    break
+                time.sleep(1)
+            assert len(nodes) == 2, "the worker node did not join"
+            [worker_id] = [n["NodeID"] for n in nodes if "hidden_view" in n["Resources"]]
+        finally:
+            ray.shutdown()
+        yield address, hidden, worker_id
+    finally:
+        for process in (worker, head):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_local_ray_instance_writes_what_the_sequential_loop_writes(reference, tmp_path, capsys):
+    """No address: a local instance over this machine's cores; each unit uses as many threads as the
+    sequential loop, so the files are the same byte for byte; every unit names the node it ran on."""
+    capsys.readouterr()
+    code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", capsys=capsys)
+    assert code == 0, printed[-3000:]
+    assert "Ray tasks on 1 node(s) of a local instance" in printed
+    assert len(NODE.findall(printed)) == 8, printed[-3000:]
+    _assert_same_files(reference / "threads", workdir)
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_path, capsys):
+    address, _, _ = cluster
+    capsys.readouterr()
+    code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", address,
+                                  "--unit-threads", "1", capsys=capsys)
+    assert code == 0, printed[-3000:]
+    assert f"Ray tasks on 2 node(s) of {address}, 1 thread each" in printed
+    nodes = dict(NODE.findall(printed))
+    assert len(nodes) == 8 and len(set(nodes.values())) == 2, nodes
+    _assert_same_files(reference / "one_thread", workdir)
+
+
+@pytest.mark.slow
+def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, capsys):
+    address, hidden, worker_id = cluster
+    capsys.readouterr()
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(hidden / "out.csv"), "--workdir", str(hidden / "run"),
+                          *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(rf"is not shared with node [\d.]+ {worker_id[:8]}: cannot read", err), err[-2000:]
+    assert "Put --workdir on storage that every node mounts at the same path" in err
+    assert not (hidden / "run" / "round0").exists() and not list((hidden / "run").glob(".probe-*"))
+
+
+@pytest.mark.slow
+def test_more_threads_than_a_node_has_is_refused(cluster, tmp_path, capsys):
+    address, _, _ = cluster
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+                          *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "2"])
+    assert code == 2
+    assert "each unit asks for 2 CPU threads but the largest Ray node has 1 CPUs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_tasks_and_the_run_resumes(reference, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
+               "--workdir", str(workdir), "--submissions", str(workdir / "subs"), *TINY, "--executor", "ray"]
+    env = {**os.environ, **RAY_ENV}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not list(workdir.glob("round0/*/fold*/metrics.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=60)[0]
+    assert run.returncode == 130, output[-3000:]
+    assert "interrupted: run the same command again to resume where it stopped" in output
+    finished = len(list(workdir.glob("round*/*/fold*/metrics.json")))
+    assert 1 <= finished < 8, output[-3000:]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"round0: [1-4] of 4 units already finished", again.stdout), again.stdout[:3000]
+    _assert_same_files(reference / "threads", workdir)
+
+
+def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+                          *TINY, "--executor", "ray"])
+    assert code == 2
+    assert "--executor ray needs Ray, an optional extra: pip install 'fer_kaggle[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "round0").exists()
