@@ -1,13 +1,19 @@
-"""Units side by side in a local process pool: the same files as one at a time, errors reach the caller."""
+"""How units run: a unit's rows, the local process pool (the same files as one at a time, errors reach the
+caller), the choice of executor, and the pipeline's schedule of pseudo-labelling students. Ray: test_ray.py."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import train
+from fer_kaggle import pseudo, runfolder, train
+from fer_kaggle.atomic import save_npz
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.executor import Job, LocalPool, PseudoRows, RunArrays, Sequential, make_executor
+from fer_kaggle.executor import Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential, make_executor
+from fer_kaggle.pipeline import Rounds
+from fer_kaggle.runfolder import RunFolder
 from fer_kaggle.train import Unit, monitor_rows
 
 CFG = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), epochs=1, batch_size=32, device="cpu")
@@ -87,3 +93,62 @@ def test_monitor_rows_is_a_fixed_sample_or_everything():
     sample = monitor_rows(9570, 2000, 7)
     assert len(sample) == len(set(sample.tolist())) == 2000 and sample.tolist() == sorted(sample.tolist())
     assert torch.equal(sample, monitor_rows(9570, 2000, 7)) and not torch.equal(sample, monitor_rows(9570, 2000, 8))
+
+
+class Scripted(Executor):
+    """Finishes submitted units in the order `pick` prefers, writing made-up predictions for them: how
+    the pipeline schedules, without training."""
+
+    def __init__(self, pick):
+        self.pick, self.log, self.device, self.description = pick, [], torch.device("cpu"), "scripted"
+
+    def start(self, arrays, deadline):
+        self.arrays, self.pending = arrays, []
+        return self
+
+    def submit(self, job):
+        self.log.append(("submit", job.unit.name))
+        self.pending.append(job)
+
+    def finished(self):
+        while self.pending:
+            job = min(self.pending, key=self.pick)
+            self.pending.remove(job)
+            unit_dir, rng = job.unit.dir(job.workdir), np.random.default_rng(job.unit.fold)
+            valid = np.flatnonzero(self.arrays.folds == job.unit.fold)
+            save_npz(unit_dir / "oof.npz", rows=valid, probs=rng.dirichlet(np.ones(7) * 0.3, len(valid)))
+            save_npz(unit_dir / "test.npz", ids=self.arrays.test_ids,
+                     probs=rng.dirichlet(np.ones(7) * 0.3, len(self.arrays.test_ids)))
+            (unit_dir / "metrics.json").write_text('{"valid_acc": 0.5, "train_rows": 1}')
+            self.log.append(("done", job.unit.name))
+            yield Done(job, {"valid_acc": 0.5, "train_rows": 1}, "here", 0.0)
+
+    def close(self, stopped):
+        pass
+
+
+def test_a_folds_students_start_as_soon_as_its_teachers_are_done(tmp_path, demo_train, demo_test):
+    """Fold 1's teachers finish first: fold 1's students are submitted before fold 0's last teacher is done,
+    each with its own fold's pseudo-labelled rows; fold 0's students wait for both of fold 0's teachers."""
+    images, labels = demo_train
+    ids, test_images = demo_test
+    arrays = RunArrays(images[:400], labels[:400], np.arange(400) % 2, ids[:80], test_images[:80])
+    cfg = CFG.replace(backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=2, pseudo=True, pseudo_threshold=0.5)
+    executor = Scripted(pick=lambda job: (job.unit.round, job.unit.fold != 1))  # round 0's fold 1 first
+    rounds = Rounds(cfg, RunFolder(tmp_path), executor, torch.device("cpu"), ("a", "b"), arrays)
+    submitted = {}
+    executor.submit = lambda job, submit=executor.submit: (submitted.setdefault(job.unit.name, job), submit(job))
+    rounds.train(None)
+    log = [f"{what} {name.split('/')[0]}/{runfolder.backbone_of(name.rsplit('/', 1)[0])}/{name[-5:]}"
+           for what, name in executor.log]
+    assert log.index("submit round1/fer_vgg_tiny/fold1") < log.index("done round0/fer_resnet_tiny/fold0"), log
+    assert log.index("submit round1/fer_vgg_tiny/fold0") > log.index("done round0/fer_resnet_tiny/fold0"), log
+    assert log.count("done round1/fer_vgg_tiny/fold0") == 1 and len(log) == 16
+    for fold in range(2):  # each student learns its own fold's teachers' confident test images
+        table = pseudo.fold_table(tmp_path, rounds.teachers, fold, rounds.cut)
+        job = submitted[f"{rounds.students[0]}/fold{fold}"]
+        assert len(table) and job.pseudo.rows.tolist() == [list(ids[:80]).index(i) for i in table["id"]]
+        assert job.key_settings["pseudo_rows"] == pseudo.table_hash(table)
+    assert json.loads((tmp_path / "shift.json").read_text())["folds"].keys() == {"0", "1"}
+    [saved] = (tmp_path / "round1").glob("pseudo_labels-*.csv")
+    assert sorted(pd.read_csv(saved)["fold"].unique()) == [0, 1]

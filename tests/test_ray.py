@@ -122,9 +122,9 @@ def cluster(tmp_path_factory):
             ray.shutdown()
         yield address, hidden, worker_id
     finally:
-        for process in (worker, head):
+        for process in (worker, head):  # each node's processes are in its own process group
             if process is not None:
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=60)
 
 
