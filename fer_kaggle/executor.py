@@ -203,6 +203,7 @@ class LocalPool(Executor):
 
 # ---------------------------------------------------------------- Ray
 
+RAY_RETRIES = 3
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'fer_kaggle[ray]' "
                "(or pip install 'ray>=2.9') on every machine that runs units")
 
@@ -323,7 +324,10 @@ class RayCluster(Executor):
     def start(self, arrays, deadline):
         self.arrays_ref = self.ray.put(arrays)  # to each node once, not with every unit
         self.deadline_wall = None if deadline is None else time.time() + (deadline - time.monotonic())
-        self.task = self.ray.remote(_ray_unit).options(**self.resources)
+        # A task whose node or worker process dies is run again elsewhere (RAY_RETRIES times): the unit
+        # resumes from its last checkpoint in the shared folder. An error of the unit's own is not retried.
+        self.task = self.ray.remote(_ray_unit).options(**self.resources, max_retries=RAY_RETRIES,
+                                                        retry_exceptions=False)
         self.pending = {}
         return self
 

@@ -2,12 +2,13 @@
 
     <workdir>/
       run.lock                   held (flock) by the run that trains here; names its host and process
+      .probe-*                   (executor.py, for a moment) --executor ray's check that every node sees the folder
       run.json                   the latest run: its settings, its models and ablations, when it finished
       folds.csv, folds.json      (folds.py) the split, made once per train file
       cache/train-<fp>.npz       the parsed arrays, named (images, labels / ids, images, labels, usage)
       round0/<backbone>-<key>/fold<k>/   one unit (train.py writes it; see there for its files)
       round1/<backbone>-<key>/fold<k>/   a pseudo-labelling student
-      round1/pseudo_labels-<key>.csv     (pseudo.py) the table its students learned from
+      round1/pseudo_labels-<key>.csv     (pseudo.py) every fold's pseudo-labels; fold k's students learned its rows
       ablation/<variant>/<backbone>-<key>/fold<k>/
       shift.json                         (shift.py) train against test: statistics, AUC, class shares
       ensemble.json                      (ensemble.py) the blend and its weights
