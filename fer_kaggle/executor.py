@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import fer_kaggle
 from . import recipe, train
 from .errors import FerKaggleError
 from .train import TimeLimitReached, Unit, UnitData
@@ -235,21 +236,22 @@ def _ray_unit(job, arrays, deadline_wall, threads):
     return metrics, seconds, _node_name()
 
 
-def _probe_node(workdir, token):
-    """A Ray task pinned to one node: can it read the driver's probe file and write its own?"""
+def _probe_node(workdir, token, version):
+    """A Ray task pinned to one node: (its name, what is wrong there or None). Does it run this version of
+    the package, and can it read the driver's probe file in the run folder and write its own?"""
     import fer_kaggle
-    node = _node_name()
-    folder = Path(workdir)
+    node, folder = _node_name(), Path(workdir)
+    if fer_kaggle.__version__ != version:
+        return node, (f"it runs fer_kaggle {fer_kaggle.__version__}, the starting machine {version}: install the "
+                      f"same version on every node")
+    shared = "Put --workdir on storage that every node mounts at the same path"
     try:
         seen = (folder / ".probe-driver").read_text()
+        if seen != token:
+            return node, f"its {folder} is another folder (the probe file there holds another token). {shared}"
+        (folder / f".probe-{uuid.uuid4().hex}").write_text(f"{token} {node}")
     except OSError as exc:
-        return node, f"cannot read {folder / '.probe-driver'}: {exc.strerror or exc}"
-    if seen != token:
-        return node, f"its {folder} is another folder (the probe file there holds another token)"
-    try:
-        (folder / f".probe-{uuid.uuid4().hex}").write_text(f"{token} {node} {fer_kaggle.__version__}")
-    except OSError as exc:
-        return node, f"cannot write in {folder}: {exc.strerror or exc}"
+        return node, f"the run folder {folder} is not shared with it: {exc.strerror or exc} ({exc.filename}). {shared}"
     return node, None
 
 
@@ -260,7 +262,11 @@ class RayCluster(Executor):
         self.ray = _import_ray()
         self.workdir = Path(workdir).resolve()
         if address:
-            self.ray.init(address=address, log_to_driver=True)
+            _check_listening(address)
+            try:
+                self.ray.init(address=address, log_to_driver=True)
+            except (ConnectionError, RuntimeError) as exc:  # e.g. another Ray or Python version there
+                raise FerKaggleError(f"cannot join the Ray cluster at {address}: {exc}") from None
         else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
             self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
         try:
@@ -296,7 +302,7 @@ class RayCluster(Executor):
         driver_probe.write_text(token)
         probe = ray.remote(_probe_node)
         refs = {probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(self.workdir), token): n for n in nodes}
+                .remote(str(self.workdir), token, fer_kaggle.__version__): n for n in nodes}
         try:
             ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
             if missing:
@@ -311,8 +317,7 @@ class RayCluster(Executor):
                     raise FerKaggleError(f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} could not run "
                                          f"the shared-folder check: {_cause(exc)}") from None
                 if problem:
-                    raise FerKaggleError(f"the run folder {self.workdir} is not shared with {name}: {problem}. "
-                                         f"Put --workdir on storage that every node mounts at the same path")
+                    raise FerKaggleError(f"{name}: {problem}")
             written = list(self.workdir.glob(".probe-*"))
             if len(written) != len(nodes) + 1:
                 raise FerKaggleError(f"the run folder {self.workdir}: {len(nodes)} node(s) wrote a probe file "
@@ -365,6 +370,18 @@ class RayCluster(Executor):
             return
         for ref in self.pending:
             ray.cancel(ref, force=True)
+
+
+def _check_listening(address, timeout=10):
+    """Fail at once when nothing listens at HOST:PORT (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return  # "auto", or a ray:// client address: Ray's own rules
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise FerKaggleError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
+                             f"cluster's head first (ray start --head --port {port}) or check the address") from None
 
 
 def _cause(exc):

@@ -29,7 +29,7 @@ from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
 from .runfolder import RunFolder
 from .submit import check_out_path
-from .train import Unit, augment_on, autocast_dtype, build_model, is_finished
+from .train import Unit, augment_on, autocast_dtype, build_model, check_finished_student, is_finished
 
 def cuda_available():
     """The one place the automatic preset looks for a GPU (tests replace it: no GPU needed to test both)."""
@@ -211,9 +211,13 @@ class Rounds:
         if len(self.tables) == self.cfg.folds:
             self._save_tables()
         rows = PseudoRows(*pseudo.rows_and_targets(table, self.arrays.test_ids, self.cfg.pseudo_soft))
-        for unit in (u for u in todo1 if u.fold == fold):
-            settings = {**self.round1[unit], "pseudo_rows": pseudo.table_hash(table)}
-            self.executor.submit(Job(self.cfg, unit, self.folder.path, str(self.device), settings, rows))
+        table_hash = pseudo.table_hash(table)
+        for unit in (u for u in self.round1 if u.fold == fold):
+            if unit in todo1:
+                settings = {**self.round1[unit], "pseudo_rows": table_hash}
+                self.executor.submit(Job(self.cfg, unit, self.folder.path, str(self.device), settings, rows))
+            else:
+                check_finished_student(unit, self.folder.path, table_hash)
 
     def _teacher_probs(self, fold):
         _, test_probs = pseudo.teacher_probs(self.folder.path, self.teachers, fold)

@@ -138,16 +138,27 @@ def _check_config(unit, unit_dir, settings):
     saved = json.loads(path.read_text())
     fields = ("unit_key",) if settings["unit_key"] else BARE_UNIT_FIELDS
     changed = [k for k in fields if saved.get(k) != settings.get(k)]
-    rows = [(saved.get("key_settings") or {}).get("pseudo_rows"), (settings["key_settings"] or {}).get("pseudo_rows")]
-    if settings["unit_key"] and not changed and rows[0] != rows[1]:
-        # a student's key names its teachers; only a teacher deleted and retrained (not bit-identically,
-        # as on a GPU) gives it other pseudo-labels than it learned from
-        raise FerKaggleError(f"{unit.name} learned from other pseudo-labels (rows {rows[0]}) than its teachers "
-                             f"give now (rows {rows[1]}): a teacher was retrained; delete {unit_dir} to retrain it")
+    if settings["unit_key"] and not changed:
+        _check_pseudo_rows(unit, unit_dir, saved, (settings["key_settings"] or {}).get("pseudo_rows"))
     if changed:
         was = ", ".join(f"{k}={saved.get(k)} (now {settings.get(k)})" for k in changed)
         raise FerKaggleError(f"{unit.name} was trained with {was}; use the same options, another "
                              f"--workdir, or delete {unit_dir} to retrain it")
+
+
+def _check_pseudo_rows(unit, unit_dir, saved, rows):
+    """A student's key names its teachers, not their table: refuse one that learned other rows than they
+    give now. Only a teacher deleted and retrained, not bit-identically (as on a GPU), can cause it."""
+    learned = (saved.get("key_settings") or {}).get("pseudo_rows")
+    if learned != rows:
+        raise FerKaggleError(f"{unit.name} learned from other pseudo-labels (rows {learned}) than its teachers "
+                             f"give now (rows {rows}): a teacher was retrained; delete {unit_dir} to retrain it")
+
+
+def check_finished_student(unit, workdir, rows):
+    """Before a finished student is blended: did it learn the rows (pseudo.table_hash) its teachers give now?"""
+    unit_dir = unit.dir(workdir)
+    _check_pseudo_rows(unit, unit_dir, json.loads((unit_dir / runfolder.CONFIG_FILE).read_text()), rows)
 
 
 def _save_pipeline(pipeline, path):

@@ -119,6 +119,7 @@ class Scripted(Executor):
             save_npz(unit_dir / "oof.npz", rows=valid, probs=rng.dirichlet(np.ones(7) * 0.3, len(valid)))
             save_npz(unit_dir / "test.npz", ids=self.arrays.test_ids,
                      probs=rng.dirichlet(np.ones(7) * 0.3, len(self.arrays.test_ids)))
+            (unit_dir / "config.json").write_text(json.dumps({"key_settings": job.key_settings}))
             (unit_dir / "metrics.json").write_text('{"valid_acc": 0.5, "train_rows": 1}')
             self.log.append(("done", job.unit.name))
             yield Done(job, {"valid_acc": 0.5, "train_rows": 1}, "here", 0.0)
@@ -127,15 +128,21 @@ class Scripted(Executor):
         pass
 
 
-def test_a_folds_students_start_as_soon_as_its_teachers_are_done(tmp_path, demo_train, demo_test):
-    """Fold 1's teachers finish first: fold 1's students are submitted before fold 0's last teacher is done,
-    each with its own fold's pseudo-labelled rows; fold 0's students wait for both of fold 0's teachers."""
+def _scripted_rounds(workdir, demo_train, demo_test, pick=lambda job: job.unit.round):
     images, labels = demo_train
     ids, test_images = demo_test
     arrays = RunArrays(images[:400], labels[:400], np.arange(400) % 2, ids[:80], test_images[:80])
     cfg = CFG.replace(backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=2, pseudo=True, pseudo_threshold=0.5)
-    executor = Scripted(pick=lambda job: (job.unit.round, job.unit.fold != 1))  # round 0's fold 1 first
-    rounds = Rounds(cfg, RunFolder(tmp_path), executor, torch.device("cpu"), ("a", "b"), arrays)
+    executor = Scripted(pick)
+    return Rounds(cfg, RunFolder(workdir), executor, torch.device("cpu"), ("a", "b"), arrays), executor
+
+
+def test_a_folds_students_start_as_soon_as_its_teachers_are_done(tmp_path, demo_train, demo_test):
+    """Fold 1's teachers finish first: fold 1's students are submitted before fold 0's last teacher is done,
+    each with its own fold's pseudo-labelled rows; fold 0's students wait for both of fold 0's teachers."""
+    ids = demo_test[0]
+    rounds, executor = _scripted_rounds(tmp_path, demo_train, demo_test,
+                                        pick=lambda job: (job.unit.round, job.unit.fold != 1))  # round 0's fold 1 first
     submitted = {}
     executor.submit = lambda job, submit=executor.submit: (submitted.setdefault(job.unit.name, job), submit(job))
     rounds.train(None)
@@ -152,3 +159,17 @@ def test_a_folds_students_start_as_soon_as_its_teachers_are_done(tmp_path, demo_
     assert json.loads((tmp_path / "shift.json").read_text())["folds"].keys() == {"0", "1"}
     [saved] = (tmp_path / "round1").glob("pseudo_labels-*.csv")
     assert sorted(pd.read_csv(saved)["fold"].unique()) == [0, 1]
+
+
+def test_a_finished_student_whose_teachers_now_say_otherwise_is_refused(tmp_path, demo_train, demo_test):
+    """A student's key names its teachers: if a teacher's predictions changed since (deleted and retrained
+    on a GPU), the finished student is not blended as if it had learned them."""
+    _scripted_rounds(tmp_path, demo_train, demo_test)[0].train(None)
+    rounds, executor = _scripted_rounds(tmp_path, demo_train, demo_test)
+    rounds.train(None)
+    assert not [what for what, _ in executor.log if what == "submit"], "everything was finished"
+    teacher = tmp_path / rounds.teachers[0] / "fold1" / "test.npz"
+    with np.load(teacher) as saved:
+        save_npz(teacher, ids=saved["ids"], probs=np.eye(7)[np.zeros(len(saved["ids"]), int)])
+    with pytest.raises(FerKaggleError, match=rf"{rounds.students[0]}/fold1 learned from other pseudo-labels"):
+        _scripted_rounds(tmp_path, demo_train, demo_test)[0].train(None)

@@ -8,6 +8,7 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, refuses a second node. The test machine's n
 The worker runs in its own mount namespace where one folder is an empty tmpfs: a run folder there is
 one that node cannot see, as on a cluster whose storage is not shared.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import pytest
 
 from fer_kaggle import pipeline
@@ -85,7 +86,7 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(address, the folder the worker node cannot see, the worker node's id)."""
+    """(address, the folder the worker node cannot see, the worker node's id, the worker node's process)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("the two-node test needs root and unshare (a mount namespace for the worker node)")
     ray_bin = Path(sys.executable).with_name("ray")
@@ -120,11 +121,12 @@ def cluster(tmp_path_factory):
             [worker_id] = [n["NodeID"] for n in nodes if "hidden_view" in n["Resources"]]
         finally:
             ray.shutdown()
-        yield address, hidden, worker_id
+        yield address, hidden, worker_id, worker
     finally:
         for process in (worker, head):  # each node's processes are in its own process group
             if process is not None:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # the node-death test killed the worker
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=60)
 
 
@@ -142,7 +144,7 @@ def test_a_local_ray_instance_writes_what_the_sequential_loop_writes(reference, 
 
 @pytest.mark.slow
 def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_path, capsys):
-    address, _, _ = cluster
+    address, _, _, _ = cluster
     capsys.readouterr()
     code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", address,
                                   "--unit-threads", "1", capsys=capsys)
@@ -155,20 +157,21 @@ def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_p
 
 @pytest.mark.slow
 def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, capsys):
-    address, hidden, worker_id = cluster
+    address, hidden, worker_id, _ = cluster
     capsys.readouterr()
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(hidden / "out.csv"), "--workdir", str(hidden / "run"),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert re.search(rf"is not shared with node [\d.]+ {worker_id[:8]}: cannot read", err), err[-2000:]
-    assert "Put --workdir on storage that every node mounts at the same path" in err
+    assert re.search(rf"error: node [\d.]+ {worker_id[:8]}: the run folder {hidden / 'run'} is not shared with it: "
+                     rf"No such file or directory \({hidden / 'run' / '.probe-driver'}\)\. Put --workdir on storage "
+                     rf"that every node mounts at the same path", err), err[-2000:]
     assert not (hidden / "run" / "round0").exists() and not list((hidden / "run").glob(".probe-*"))
 
 
 @pytest.mark.slow
 def test_more_threads_than_a_node_has_is_refused(cluster, tmp_path, capsys):
-    address, _, _ = cluster
+    address, _, _, _ = cluster
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "2"])
     assert code == 2
@@ -198,6 +201,45 @@ def test_ctrl_c_stops_the_tasks_and_the_run_resumes(reference, tmp_path):
     _assert_same_files(reference / "threads", workdir)
 
 
+def _parent_group(pid):
+    """The process group of a process's parent: a Ray worker process sits in a session of its own, and its
+    parent is the raylet of its node, which is in the process group of that node's `ray start`."""
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return os.getpgid(parent)
+
+
+@pytest.mark.slow
+def test_a_node_dying_mid_unit_has_its_unit_finished_on_the_other_node(cluster, tmp_path):
+    """Kill the worker node (all its processes) once one of its units has saved a checkpoint: Ray runs the
+    task again on the head node, where the unit resumes from its checkpoint. Kills the cluster's worker: last."""
+    address, _, worker_id, worker = cluster
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
+               "--workdir", str(workdir), "--submissions", str(workdir / "subs"), *TINY, "--no-pseudo",
+               "--backbones", "fer_resnet_tiny", "--epochs", "20", "--executor", "ray", "--ray-address", address,
+               "--unit-threads", "1"]
+    env = {**os.environ, **RAY_ENV, "RAY_DEDUP_LOGS": "0"}  # every forwarded epoch line, as it comes
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, killed = [], None
+    for line in run.stdout:  # forwarded by Ray: "(_ray_unit pid=N) round0/.../fold1 epoch 3/20: ..."
+        output.append(line)
+        forwarded = re.search(r"pid=(\d+).*?(round0/\S+/fold\d) epoch (\d+)/20", line)
+        if killed is None and forwarded and int(forwarded.group(3)) < 15:
+            with contextlib.suppress(OSError, ValueError):
+                if _parent_group(int(forwarded.group(1))) == worker.pid:  # a unit on the worker node
+                    killed = forwarded.group(2)
+                    os.killpg(worker.pid, signal.SIGKILL)
+    printed = "".join(output)
+    assert run.wait(timeout=300) == 0, printed[-3000:]
+    assert killed, "no unit was seen running on the worker node: " + printed[-3000:]
+    nodes = dict(NODE.findall(printed))
+    assert len(nodes) == 2 and nodes[killed] != worker_id[:8], (killed, nodes)
+    history = pd.read_csv(workdir / killed / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, 21))  # no epoch twice, none missing
+    assert sum(f"{killed} epoch 1/20:" in line for line in output) == 1, "retrained from scratch, not resumed"
+
+
 def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
@@ -205,3 +247,12 @@ def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys)
     assert code == 2
     assert "--executor ray needs Ray, an optional extra: pip install 'fer_kaggle[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "round0").exists()
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path, capsys):
+    port = _free_port()  # free: nothing listens there
+    started = time.monotonic()
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+                          *TINY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert code == 2 and time.monotonic() - started < 30
+    assert f"--ray-address 127.0.0.1:{port}: nothing answers there" in capsys.readouterr().err
