@@ -51,7 +51,7 @@ class Config:
                             "in local processes) or ray (Ray tasks on this machine or the cluster at "
                             "--ray-address; pip install 'fer_kaggle[ray]')", ["local", "ray"])
     ray_address: str = setting("", "with --executor ray: the cluster to join, e.g. 10.0.0.1:6379 (default: "
-                               "$RAY_ADDRESS, else a local Ray instance over this machine's cores and GPUs)",
+                               "$RAY_ADDRESS, else a local Ray instance on this machine)",
                                metavar="HOST:PORT")
     unit_threads: int = setting(0, "torch threads per unit on a CPU (0: the machine's cores / --parallel-units, "
                                 "as one unit at a time uses them)")
