@@ -10,7 +10,7 @@
 
 All three are used the same way, so the pipeline does not know which one runs:
 
-    executor = make_executor(cfg, device, workdir)   # Ray: connects, checks the shared folder
+    executor = make_executor(cfg, workdir)   # Ray: connects, checks the shared folder
     with executor.start(arrays, deadline):
         executor.submit(job)                 # any time, also while units are running
         for done in executor.finished():     # as units finish, until none is pending
@@ -152,6 +152,41 @@ class Sequential(Executor):
         torch.set_num_threads(self.threads_before)
 
 
+class Slots(Executor):
+    """Units elsewhere (processes, Ray tasks): at most `slots` started at a time, and once the time limit
+    has passed, none started after the first. So every unit started trains at least an epoch and stops
+    at its epoch's end (train_unit's rule, as one at a time), none waits in a queue to start past the
+    limit, and a repeated run with a short --time-limit always moves on. Subclasses launch a job, wait
+    for one of the running to end, and fetch its result."""
+
+    def start(self, arrays, deadline):
+        self.deadline, self.queue, self.running, self.launched = deadline, deque(), {}, 0
+        self.open(arrays)
+        return self
+
+    def submit(self, job):
+        self.queue.append(job)
+        self._fill()
+
+    def _fill(self):
+        while self.queue and len(self.running) < self.slots:
+            if self.launched and self.deadline is not None and time.monotonic() > self.deadline:
+                return
+            job = self.queue.popleft()
+            self.running[self.launch(job)] = job
+            self.launched += 1
+
+    def finished(self):
+        while self.running:
+            handle = self.wait_one(list(self.running))
+            job = self.running.pop(handle)
+            metrics, seconds, where = self.result(handle, job)
+            yield Done(job, metrics, where, seconds)
+            self._fill()
+        if self.queue:  # past the time limit: the rest were not started
+            raise TimeLimitReached(f"{self.queue[0].unit.name} and {len(self.queue) - 1} more units not started")
+
+
 _WORKER_ARRAYS = None  # a pool worker's copy of the run's arrays (sent once, by its initializer)
 
 
@@ -163,43 +198,35 @@ def _start_worker(threads, arrays):
 
 
 def _pool_job(job, deadline):
-    if deadline is not None and time.monotonic() > deadline:  # queued past the time limit: don't start it
-        raise TimeLimitReached(f"{job.unit.name}: not started")
     return (*run_job(job, _WORKER_ARRAYS, deadline), f"process {os.getpid()}")
 
 
-class LocalPool(Executor):
+class LocalPool(Slots):
     """`processes` units at a time, each in a spawned process with `threads` torch threads."""
 
     def __init__(self, processes, threads):
-        self.processes, self.threads = processes, threads
+        self.processes, self.threads, self.slots = processes, threads, processes
         self.description = f"{processes} units side by side, {threads} thread{'s' * (threads > 1)} each"
 
-    def start(self, arrays, deadline):
+    def open(self, arrays):
         # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an undefined state
         context = multiprocessing.get_context("spawn")
         self.pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_start_worker,
                                         initargs=(self.threads, arrays))
-        self.deadline, self.pending = deadline, {}
-        return self
 
-    def submit(self, job):
-        self.pending[self.pool.submit(_pool_job, job, self.deadline)] = job
+    def launch(self, job):
+        return self.pool.submit(_pool_job, job, self.deadline)
 
-    def finished(self):
-        while self.pending:
-            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = self.pending.pop(future)
-                metrics, seconds, where = future.result()
-                yield Done(job, metrics, where, seconds)
+    def wait_one(self, futures):
+        return next(iter(wait(futures, return_when=FIRST_COMPLETED)[0]))
+
+    def result(self, future, job):
+        return future.result()
 
     def close(self, stopped):
-        # An error, the time limit or Ctrl-C: start no new unit; the running ones stop at their next
-        # epoch end (the deadline) or now (Ctrl-C), their finished epochs saved.
-        for future in self.pending:
-            future.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=stopped)
+        # An error, the time limit or Ctrl-C: the running units stop at their next epoch end (the
+        # deadline) or now (Ctrl-C: the signal reaches the workers too), their finished epochs saved.
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- Ray
@@ -228,8 +255,6 @@ def _ray_unit(job, arrays, deadline_wall, threads):
     """A Ray task: one unit, with `threads` torch threads. The deadline comes as wall-clock time,
     because monotonic clocks are not comparable across machines."""
     deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeLimitReached(f"{job.unit.name}: not started")
     torch.set_num_threads(threads)
     train.BATCH_BARS = False
     metrics, seconds = run_job(job, arrays, deadline)
@@ -239,7 +264,6 @@ def _ray_unit(job, arrays, deadline_wall, threads):
 def _probe_node(workdir, token, version):
     """A Ray task pinned to one node: (its name, what is wrong there or None). Does it run this version of
     the package, and can it read the driver's probe file in the run folder and write its own?"""
-    import fer_kaggle
     node, folder = _node_name(), Path(workdir)
     if fer_kaggle.__version__ != version:
         return node, (f"it runs fer_kaggle {fer_kaggle.__version__}, the starting machine {version}: install the "
@@ -255,7 +279,7 @@ def _probe_node(workdir, token, version):
     return node, None
 
 
-class RayCluster(Executor):
+class RayCluster(Slots):
     """Each unit a Ray task: one GPU per unit on GPUs, `threads` CPU threads per unit on CPUs."""
 
     def __init__(self, address, threads, workdir, device_choice):
@@ -292,6 +316,8 @@ class RayCluster(Executor):
                                  f"CPUs: give --unit-threads {largest} or less")
         self.device, self.threads = torch.device("cuda" if on_gpus else "cpu"), threads
         self.resources = {"num_gpus": 1, "num_cpus": 1} if on_gpus else {"num_cpus": threads}
+        # as many units at a time as the nodes hold (fixed at the start: nodes that join later get none)
+        self.slots = gpus if on_gpus else sum(int(node["Resources"].get("CPU", 0)) // threads for node in nodes)
 
     def check_shared_folder(self, nodes, timeout=120):
         """Every node writes and reads a probe file in the run folder; name the first that cannot."""
@@ -326,50 +352,42 @@ class RayCluster(Executor):
             for path in self.workdir.glob(".probe-*"):
                 path.unlink(missing_ok=True)
 
-    def start(self, arrays, deadline):
+    def open(self, arrays):
         self.arrays_ref = self.ray.put(arrays)  # to each node once, not with every unit
-        self.deadline_wall = None if deadline is None else time.time() + (deadline - time.monotonic())
+        self.deadline_wall = None if self.deadline is None else time.time() + (self.deadline - time.monotonic())
         # A task whose node or worker process dies is run again elsewhere (RAY_RETRIES times): the unit
         # resumes from its last checkpoint in the shared folder. An error of the unit's own is not retried.
         self.task = self.ray.remote(_ray_unit).options(**self.resources, max_retries=RAY_RETRIES,
                                                         retry_exceptions=False)
-        self.pending = {}
-        return self
 
-    def submit(self, job):
-        ref = self.task.remote(job, self.arrays_ref, self.deadline_wall, self.threads)
-        self.pending[ref] = job
+    def launch(self, job):
+        return self.task.remote(job, self.arrays_ref, self.deadline_wall, self.threads)
 
-    def finished(self):
-        ray = self.ray
-        while self.pending:
-            [ref], _ = ray.wait(list(self.pending), num_returns=1)
-            job = self.pending.pop(ref)
-            try:
-                metrics, seconds, where = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # our own errors as they are; Ray's (a lost node) named
-                cause = _cause(exc)
-                if isinstance(cause, (FerKaggleError, TimeLimitReached)):
-                    raise cause from None
-                raise FerKaggleError(f"{job.unit.name} failed on Ray: {cause}") from None
-            yield Done(job, metrics, where, seconds)
+    def wait_one(self, refs):
+        return self.ray.wait(refs, num_returns=1)[0][0]
+
+    def result(self, ref, job):
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # our own errors as they are; Ray's (a lost node) named
+            cause = _cause(exc)
+            if isinstance(cause, (FerKaggleError, TimeLimitReached)):
+                raise cause from None
+            raise FerKaggleError(f"{job.unit.name} failed on Ray: {cause}") from None
 
     def close(self, stopped):
-        if stopped and self.pending:
-            self._stop_pending(self.ray)
-        self.pending = {}
+        """Ctrl-C or an error: kill the running units now (each resumes from its last checkpoint). At
+        the time limit the running ones stop by themselves after their epoch: wait for those."""
+        if not (stopped and self.running):
+            return
+        if self.deadline_wall is not None and time.time() > self.deadline_wall:
+            self.ray.wait(list(self.running), num_returns=len(self.running))
+            return
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
 
     def shutdown(self):
         self.ray.shutdown()  # stops a local instance; from a cluster it disconnects, the cluster runs on
-
-    def _stop_pending(self, ray):
-        """Ctrl-C or an error: kill the running units now (each resumes from its last checkpoint). At
-        the time limit the running ones stop by themselves after their epoch: wait for those."""
-        if self.deadline_wall is not None and time.time() > self.deadline_wall:
-            ray.wait(list(self.pending), num_returns=len(self.pending))
-            return
-        for ref in self.pending:
-            ray.cancel(ref, force=True)
 
 
 def _check_listening(address, timeout=10):

@@ -1,6 +1,7 @@
 """How units run: a unit's rows, the local process pool (the same files as one at a time, errors reach the
 caller), the choice of executor, and the pipeline's schedule of pseudo-labelling students. Ray: test_ray.py."""
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,11 @@ from fer_kaggle import pseudo, runfolder, train
 from fer_kaggle.atomic import save_npz
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.executor import Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential, make_executor
+from fer_kaggle.executor import (Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential, Slots,
+                                 make_executor)
 from fer_kaggle.pipeline import Rounds
 from fer_kaggle.runfolder import RunFolder
-from fer_kaggle.train import Unit, monitor_rows
+from fer_kaggle.train import TimeLimitReached, Unit, monitor_rows
 
 CFG = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), epochs=1, batch_size=32, device="cpu")
 
@@ -173,3 +175,49 @@ def test_a_finished_student_whose_teachers_now_say_otherwise_is_refused(tmp_path
         save_npz(teacher, ids=saved["ids"], probs=np.eye(7)[np.zeros(len(saved["ids"]), int)])
     with pytest.raises(FerKaggleError, match=rf"{rounds.students[0]}/fold1 learned from other pseudo-labels"):
         _scripted_rounds(tmp_path, demo_train, demo_test)[0].train(None)
+
+
+class Instant(Slots):
+    """Slots whose units end as soon as they are waited for: what starts when, without training."""
+    description = "instant"
+
+    def __init__(self, slots):
+        self.slots, self.most_running, self.started = slots, 0, []
+
+    def open(self, arrays):
+        pass
+
+    def launch(self, job):
+        self.started.append(job.unit.fold)
+        self.most_running = max(self.most_running, len(self.running) + 1)
+        return job.unit.fold
+
+    def wait_one(self, handles):
+        return handles[0]
+
+    def result(self, handle, job):
+        return {"valid_acc": 0.5}, 0.0, "nowhere"
+
+    def close(self, stopped):
+        pass
+
+
+def _fold_jobs(n):
+    return [Job(CFG, Unit(0, "fer_resnet_tiny", fold), "unused", "cpu") for fold in range(n)]
+
+
+def test_at_most_slots_units_run_at_once():
+    executor = Instant(slots=2)
+    assert [d.job.unit.fold for d in executor.run(_fold_jobs(5), None, None)] == [0, 1, 2, 3, 4]
+    assert executor.most_running == 2
+
+
+def test_past_the_time_limit_one_unit_starts_and_the_rest_wait_for_the_next_run():
+    """Like one unit at a time: the first unit always starts (and trains an epoch: a repeated run with a
+    short --time-limit moves on); no other starts after the limit, and the run says so."""
+    executor = Instant(slots=2)
+    finished = []
+    with pytest.raises(TimeLimitReached, match="fold1 and 3 more units not started"):
+        for done in executor.run(_fold_jobs(5), None, time.monotonic() - 1):
+            finished.append(done.job.unit.fold)
+    assert executor.started == finished == [0]
