@@ -249,10 +249,13 @@ def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "round0").exists()
 
 
-def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path, capsys):
+@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS"])
+def test_an_address_where_nothing_listens_is_refused_at_once(by, tmp_path, capsys, monkeypatch):
     port = _free_port()  # free: nothing listens there
+    address = ["--ray-address", f"127.0.0.1:{port}"] if by == "--ray-address" else []
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}" if by == "RAY_ADDRESS" else "127.0.0.1:1")
     started = time.monotonic()
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
-                          *TINY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"])
+                          *TINY, "--executor", "ray", *address])
     assert code == 2 and time.monotonic() - started < 30
     assert f"--ray-address 127.0.0.1:{port}: nothing answers there" in capsys.readouterr().err
