@@ -185,7 +185,10 @@ def test_ctrl_c_stops_the_tasks_and_the_run_resumes(reference, tmp_path):
     command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
                "--workdir", str(workdir), "--submissions", str(workdir / "subs"), *TINY, "--executor", "ray"]
     env = {**os.environ, **RAY_ENV}
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT as a terminal's Ctrl-C sends it, even where the tests run with it ignored (a background job of
+    # a non-interactive shell: Python then installs no KeyboardInterrupt handler)
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list(workdir.glob("round0/*/fold*/metrics.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
