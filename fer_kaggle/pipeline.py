@@ -189,7 +189,9 @@ class Rounds:
 
     def _taught(self, fold, todo1):
         """Fold `fold`'s teachers are done: check its class shares; release its students."""
-        figures = shift.fold_shares(*self._teacher_probs(fold), self.arrays.train_labels[self.arrays.folds != fold],
+        ids, test_probs = pseudo.teacher_probs(self.folder.path, self.teachers, fold)  # read once: for both
+        _, oof_probs = pseudo.teacher_oof(self.folder.path, self.teachers, fold)
+        figures = shift.fold_shares(test_probs, oof_probs, self.arrays.train_labels[self.arrays.folds != fold],
                                     self.cut)
         self.shares[fold] = figures
         warning = shift.class_share_warning(fold, figures)
@@ -202,7 +204,7 @@ class Rounds:
         refusal = shift.pseudo_guard(figures)
         if refusal:
             print(f"pseudo-labels: fold {fold} gets none: {refusal}")
-        table = pseudo.fold_table(self.folder.path, self.teachers, fold, self.cut, refused=bool(refusal))
+        table = pseudo.fold_table(fold, ids, test_probs, self.cut, refused=bool(refusal))
         self.tables[fold] = table
         print(f"pseudo-labels: fold {fold}'s students add {len(table)} of {len(self.arrays.test_ids)} test images "
               f"(teachers' mean probability >= {self.cut:.3f}: {self.cfg.pseudo_threshold} of the "
@@ -218,11 +220,6 @@ class Rounds:
                 self.executor.submit(Job(self.cfg, unit, self.folder.path, str(self.device), settings, rows))
             else:
                 check_finished_student(unit, self.folder.path, table_hash)
-
-    def _teacher_probs(self, fold):
-        _, test_probs = pseudo.teacher_probs(self.folder.path, self.teachers, fold)
-        _, oof_probs = pseudo.teacher_oof(self.folder.path, self.teachers, fold)
-        return test_probs, oof_probs
 
     def _save_tables(self):
         table, key = pseudo.save_table(self.folder.path, [self.tables[k] for k in sorted(self.tables)])
@@ -329,9 +326,9 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
                         started=time.time(), finished=None)
     rounds.train(deadline)
     if cfg.pseudo:
-        labels = ensemble.load_models(workdir, rounds.teachers)[1]
-        before, after = (ensemble.best_oof_accuracy(ensemble.load_models(workdir, names)[0], labels)
-                         for names in (rounds.teachers, rounds.students))
+        teachers, labels = ensemble.load_models(workdir, rounds.teachers)
+        students, _ = ensemble.load_models(workdir, rounds.students)
+        before, after = (ensemble.best_oof_accuracy(models, labels) for models in (teachers, students))
         print(f"pseudo-labelling: ensemble OOF accuracy {before:.4f} before, {after:.4f} after")
 
     if cfg.ablation:

@@ -66,12 +66,12 @@ def teacher_oof(workdir, teachers, fold):
 COLUMNS = ["fold", "id", "label", "confidence", *PROB_COLUMNS]
 
 
-def fold_table(workdir, teachers, fold, threshold, refused=False):
-    """Fold `fold`'s pseudo-labels: the test images its teachers agree on with a mean probability of at
-    least `threshold` (none where `refused`: shift.pseudo_guard found its teachers collapsed on test)."""
+def fold_table(fold, ids, probs, threshold, refused=False):
+    """Fold `fold`'s pseudo-labels from its teachers' mean test probabilities (teacher_probs: ids, probs):
+    the test images they agree on with a mean probability of at least `threshold` (none where `refused`:
+    shift.pseudo_guard found its teachers collapsed on test)."""
     if refused:
         return pd.DataFrame(columns=COLUMNS)
-    ids, probs = teacher_probs(workdir, teachers, fold)
     chosen, labels, confidence = select(probs, threshold)
     table = pd.DataFrame({"fold": fold, "id": ids[chosen], "label": labels, "confidence": confidence.round(6)})
     table[PROB_COLUMNS] = probs[chosen].round(6)  # the teachers' probabilities, for --pseudo-soft

@@ -154,7 +154,7 @@ def test_a_folds_students_start_as_soon_as_its_teachers_are_done(tmp_path, demo_
     assert log.index("submit round1/fer_vgg_tiny/fold0") > log.index("done round0/fer_resnet_tiny/fold0"), log
     assert log.count("done round1/fer_vgg_tiny/fold0") == 1 and len(log) == 16
     for fold in range(2):  # each student learns its own fold's teachers' confident test images
-        table = pseudo.fold_table(tmp_path, rounds.teachers, fold, rounds.cut)
+        table = pseudo.fold_table(fold, *pseudo.teacher_probs(tmp_path, rounds.teachers, fold), rounds.cut)
         job = submitted[f"{rounds.students[0]}/fold{fold}"]
         assert len(table) and job.pseudo.rows.tolist() == [list(ids[:80]).index(i) for i in table["id"]]
         assert job.key_settings["pseudo_rows"] == pseudo.table_hash(table)

@@ -25,7 +25,8 @@ def test_each_fold_uses_only_its_own_teachers(tmp_path):
             probs[fold, fold] = 0.94  # each fold's teachers are sure of one test row only: row `fold`
             save_npz(tmp_path / f"round0/{backbone}/fold{fold}/test.npz", ids=ids, probs=probs)
     teachers = [f"round0/{b}" for b in backbones]
-    tables = [pseudo.fold_table(tmp_path, teachers, fold, threshold=0.9) for fold in range(n_folds)]
+    tables = [pseudo.fold_table(fold, *pseudo.teacher_probs(tmp_path, teachers, fold), threshold=0.9)
+              for fold in range(n_folds)]
     for fold, rows in enumerate(tables):
         assert rows["fold"].tolist() == [fold] and rows["id"].tolist() == [ids[fold]] and rows["label"].tolist() == [fold]
     table, key = pseudo.save_table(tmp_path, tables)
@@ -80,17 +81,16 @@ def test_threshold_means_the_same_share_under_any_label_smoothing():
     assert pseudo.select(np.array([[0.829, 0.171, 0, 0, 0, 0, 0]]), 0.9)[0].size == 0
 
 
-def test_a_students_rows_and_targets_point_at_the_test_images(tmp_path):
+def test_a_students_rows_and_targets_point_at_the_test_images():
     """The rows a student adds are positions in the test arrays; soft targets are the teachers' probabilities."""
     ids = np.array([7, 3, 9])
     probs = np.full((3, 7), 0.01, dtype=np.float32)
     probs[2, 4] = 0.94  # only test id 9 (position 2) is confident
-    save_npz(tmp_path / "round0/a/fold0/test.npz", ids=ids, probs=probs)
-    table = pseudo.fold_table(tmp_path, ["round0/a"], 0, threshold=0.9)
+    table = pseudo.fold_table(0, ids, probs, threshold=0.9)
     rows, labels = pseudo.rows_and_targets(table, ids, soft=False)
     assert rows.tolist() == [2] and labels.tolist() == [4]
     rows, soft = pseudo.rows_and_targets(table, ids, soft=True)
     assert soft.shape == (1, 7) and np.allclose(soft[0], probs[2], atol=1e-6)
-    empty = pseudo.fold_table(tmp_path, ["round0/a"], 0, threshold=0.9, refused=True)
+    empty = pseudo.fold_table(0, ids, probs, threshold=0.9, refused=True)
     assert len(pseudo.rows_and_targets(empty, ids, soft=True)[0]) == 0
     assert pseudo.table_hash(table) != pseudo.table_hash(empty)

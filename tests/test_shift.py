@@ -118,10 +118,12 @@ def test_the_guard_empties_the_refused_folds_table(tmp_path):
     ids = np.arange(50)
     for fold in range(2):
         save_npz(tmp_path / f"round0/a/fold{fold}/test.npz", ids=ids, probs=_probs(np.zeros(50, int)))
-    tables = [pseudo.fold_table(tmp_path, ["round0/a"], fold, 0.5, refused=fold == 1) for fold in range(2)]
+    tables = [pseudo.fold_table(fold, *pseudo.teacher_probs(tmp_path, ["round0/a"], fold), 0.5, refused=fold == 1)
+              for fold in range(2)]
     table, _ = pseudo.save_table(tmp_path, tables)
     assert set(table["fold"]) == {0} and len(table) == 50
-    table, _ = pseudo.save_table(tmp_path, [pseudo.fold_table(tmp_path, ["round0/a"], k, 0.5, True) for k in range(2)])
+    table, _ = pseudo.save_table(tmp_path, [pseudo.fold_table(k, *pseudo.teacher_probs(tmp_path, ["round0/a"], k), 0.5,
+                                                              True) for k in range(2)])
     assert len(table) == 0
 
 
