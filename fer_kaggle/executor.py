@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import fer_kaggle
-from . import recipe, train
+from . import __version__, recipe, train
 from .errors import FerKaggleError
 from .train import TimeLimitReached, Unit, UnitData
 
@@ -104,6 +103,17 @@ def machine_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _threads(n):
+    return f"{n} thread{'s' * (n > 1)}"
+
+
+def _as_worker(threads):
+    """In a pool process or a Ray task: `threads` torch threads, and epoch lines instead of batch bars
+    (several units print at once)."""
+    torch.set_num_threads(threads)
+    train.BATCH_BARS = False
+
+
 class Executor:
     """What every executor shares: the context of a session, and running a list of jobs to the end."""
 
@@ -130,7 +140,7 @@ class Sequential(Executor):
 
     def __init__(self, threads=None):
         self.threads = threads
-        self.description = "one unit at a time" + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
+        self.description = "one unit at a time" + (f", {_threads(threads)}" if threads else "")
 
     def start(self, arrays, deadline):
         self.arrays, self.deadline, self.queue = arrays, deadline, deque()
@@ -193,8 +203,7 @@ _WORKER_ARRAYS = None  # a pool worker's copy of the run's arrays (sent once, by
 def _start_worker(threads, arrays):
     global _WORKER_ARRAYS
     _WORKER_ARRAYS = arrays
-    torch.set_num_threads(threads)
-    train.BATCH_BARS = False  # several units print at once: their epoch lines, not fighting batch bars
+    _as_worker(threads)
 
 
 def _pool_job(job, deadline):
@@ -206,7 +215,7 @@ class LocalPool(Slots):
 
     def __init__(self, processes, threads):
         self.processes, self.threads, self.slots = processes, threads, processes
-        self.description = f"{processes} units side by side, {threads} thread{'s' * (threads > 1)} each"
+        self.description = f"{processes} units side by side, {_threads(threads)} each"
 
     def open(self, arrays):
         # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an undefined state
@@ -255,8 +264,7 @@ def _ray_unit(job, arrays, deadline_wall, threads):
     """A Ray task: one unit, with `threads` torch threads. The deadline comes as wall-clock time,
     because monotonic clocks are not comparable across machines."""
     deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
-    torch.set_num_threads(threads)
-    train.BATCH_BARS = False
+    _as_worker(threads)
     metrics, seconds = run_job(job, arrays, deadline)
     return metrics, seconds, _node_name()
 
@@ -265,8 +273,8 @@ def _probe_node(workdir, token, version):
     """A Ray task pinned to one node: (its name, what is wrong there or None). Does it run this version of
     the package, and can it read the driver's probe file in the run folder and write its own?"""
     node, folder = _node_name(), Path(workdir)
-    if fer_kaggle.__version__ != version:
-        return node, (f"it runs fer_kaggle {fer_kaggle.__version__}, the starting machine {version}: install the "
+    if __version__ != version:
+        return node, (f"it runs fer_kaggle {__version__}, the starting machine {version}: install the "
                       f"same version on every node")
     shared = "Put --workdir on storage that every node mounts at the same path"
     try:
@@ -298,7 +306,7 @@ class RayCluster(Slots):
             self._plan(nodes, threads, device_choice)
             self.description = (f"Ray tasks on {len(nodes)} node(s) of {address or 'a local instance'}, "
                                 + ("one GPU each" if self.device.type == "cuda" else
-                                   f"{threads} thread{'s' * (threads > 1)} each"))
+                                   f"{_threads(threads)} each"))
             self.check_shared_folder(nodes)
         except BaseException:
             self.ray.shutdown()
@@ -328,7 +336,7 @@ class RayCluster(Slots):
         driver_probe.write_text(token)
         probe = ray.remote(_probe_node)
         refs = {probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(self.workdir), token, fer_kaggle.__version__): n for n in nodes}
+                .remote(str(self.workdir), token, __version__): n for n in nodes}
         try:
             ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
             if missing:
