@@ -17,6 +17,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$root/.venv"
 python="$venv/bin/python"
 
+need_disk() {  # $1: the folder .venv/ goes in
+  # A venv with PyPI's CUDA torch is 6.5 GB and its install took 6.8 GB at the peak (BENCHMARKS.md). pip out of
+  # space stops half-way with a bare "No space left on device": say it first, before anything is written.
+  local need_gb=7 free_gb
+  free_gb=$(df -P -k "$1" | awk 'NR == 2 {print int($4 / 1024 / 1024)}')
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "error: installing torch into $venv needs about $need_gb GB free on its disk; $1 has $free_gb GB." >&2
+    echo "Free some space, or run with a python3 whose torch and torchvision work: run.sh reuses them." >&2
+    exit 1
+  fi
+}
+
 setup() {  # $1: what must import, $2: what to install
   # checked from / so that the source folder on sys.path does not pass for an installed package
   if [ -x "$python" ] && (cd / && "$python" -c "import $1" 2>/dev/null); then return; fi
@@ -34,6 +46,7 @@ setup() {  # $1: what must import, $2: what to install
         > "$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_reused_python3.pth"
       "$python" -m pip --version >/dev/null 2>&1 || "$python" -m ensurepip --upgrade >/dev/null
     else
+      need_disk "$root"
       echo "(installing torch too: a few minutes, several GB)" >&2
       python3 -m venv "$venv"
     fi

@@ -130,3 +130,26 @@ def test_offline_setup_reuses_the_pythons_packages(tmp_path):
     where = subprocess.run([str(clone / ".venv/bin/python"), "-c", "import fer_kaggle; print(fer_kaggle.__file__)"],
                            capture_output=True, text=True, env=env, cwd="/", timeout=300)
     assert where.stdout.startswith(str(clone)), where.stdout + where.stderr
+
+
+def test_a_torch_install_without_the_disk_for_it_is_refused_before_anything_is_written(tmp_path):
+    """A fresh copy, a python3 without torch (so run.sh would install PyPI's, several GB) and a disk with 3 GB
+    free: run.sh says how much it needs and where, exits 1, and leaves no half-made .venv behind."""
+    import shutil
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(ROOT / "run.sh", clone / "run.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"python3": "exit 1",  # no torch here, nor anything else
+             "df": 'echo "Filesystem 1024-blocks Used Available Capacity Mounted"; '
+                   'echo "/dev/x 100000000 96854272 3145728 97% /"'}  # 3 GiB free
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(clone / "run.sh"), "--help"], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"needs about 7 GB free on its disk; {clone} has 3 GB" in result.stderr, result.stderr
+    assert not (clone / ".venv").exists()
