@@ -6,7 +6,8 @@
                  BENCHMARKS.md measures it)
     RayCluster   `--executor ray`: each unit a Ray task, one GPU per unit where the cluster has GPUs, else
                  a set number of CPU threads; a local Ray instance, or the cluster at --ray-address /
-                 RAY_ADDRESS. The run folder must be on storage every node shares (checked at the start).
+                 RAY_ADDRESS. The run folder must be on storage every node shares (checked at the start,
+                 and on each node that joins later).
 
 All three are used the same way, so the pipeline does not know which one runs:
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import __version__, recipe, train
 from .errors import FerKaggleError
@@ -167,7 +169,8 @@ class Slots(Executor):
     has passed, none started after the first. So every unit started trains at least an epoch and stops
     at its epoch's end (train_unit's rule, as one at a time), none waits in a queue to start past the
     limit, and a repeated run with a short --time-limit always moves on. Subclasses launch a job, wait
-    for one of the running to end, and fetch its result."""
+    for one of the running to end (or for a while: None), fetch its result, and may count their slots
+    again before units are started (Ray: nodes joined or left)."""
 
     def start(self, arrays, deadline):
         self.deadline, self.queue, self.running, self.launched = deadline, deque(), {}, 0
@@ -178,7 +181,12 @@ class Slots(Executor):
         self.queue.append(job)
         self._fill()
 
+    def refresh(self):
+        """Count the slots again before units start: a fixed pool has nothing to do."""
+
     def _fill(self):
+        if self.queue:
+            self.refresh()
         while self.queue and len(self.running) < self.slots:
             if self.launched and self.deadline is not None and time.monotonic() > self.deadline:
                 return
@@ -189,6 +197,9 @@ class Slots(Executor):
     def finished(self):
         while self.running:
             handle = self.wait_one(list(self.running))
+            if handle is None:  # none ended in a while: slots may have been added meanwhile
+                self._fill()
+                continue
             job = self.running.pop(handle)
             metrics, seconds, where = self.result(handle, job)
             yield Done(job, metrics, where, seconds)
@@ -288,7 +299,13 @@ def _probe_node(workdir, token, version):
 
 
 class RayCluster(Slots):
-    """Each unit a Ray task: one GPU per unit on GPUs, `threads` CPU threads per unit on CPUs."""
+    """Each unit a Ray task: one GPU per unit on GPUs, `threads` CPU threads per unit on CPUs.
+
+    Nodes that join during the run get units too, once they pass the shared-folder check: before units
+    start and at least every `poll_s` seconds, the alive nodes are listed again. A joined node that fails
+    the check stops the run, since Ray would schedule units on it all the same."""
+
+    poll_s = 30
 
     def __init__(self, address, threads, workdir, device_choice):
         self.ray = _import_ray()
@@ -302,12 +319,13 @@ class RayCluster(Slots):
         else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
             self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
         try:
-            nodes = [node for node in self.ray.nodes() if node["Alive"]]
+            nodes = self._alive()
             self._plan(nodes, threads, device_choice)
             self.description = (f"Ray tasks on {len(nodes)} node(s) of {address or 'a local instance'}, "
                                 + ("one GPU each" if self.device.type == "cuda" else
                                    f"{_threads(threads)} each"))
             self.check_shared_folder(nodes)
+            self.nodes = {node["NodeID"] for node in nodes}
         except BaseException:
             self.ray.shutdown()
             raise
@@ -324,8 +342,34 @@ class RayCluster(Slots):
                                  f"CPUs: give --unit-threads {largest} or less")
         self.device, self.threads = torch.device("cuda" if on_gpus else "cpu"), threads
         self.resources = {"num_gpus": 1, "num_cpus": 1} if on_gpus else {"num_cpus": threads}
-        # as many units at a time as the nodes hold (fixed at the start: nodes that join later get none)
-        self.slots = gpus if on_gpus else sum(int(node["Resources"].get("CPU", 0)) // threads for node in nodes)
+        self.slots = self._slots(nodes)
+
+    def _alive(self):
+        return [node for node in self.ray.nodes() if node["Alive"]]
+
+    def _slots(self, nodes):
+        """As many units at a time as `nodes` hold: one per GPU, or one per `threads` CPUs of each node."""
+        if self.device.type == "cuda":
+            return sum(int(node["Resources"].get("GPU", 0)) for node in nodes)
+        return sum(int(node["Resources"].get("CPU", 0)) // self.threads for node in nodes)
+
+    def refresh(self):
+        """Nodes that joined since the last look: check that they share the run folder, then count their
+        slots; nodes that died are no longer counted (Ray reruns their units elsewhere)."""
+        nodes = self._alive()
+        joined = [node for node in nodes if node["NodeID"] not in self.nodes]
+        if joined:
+            try:
+                self.check_shared_folder(joined)
+            except FerKaggleError as exc:
+                raise FerKaggleError(f"{exc} (that node joined the Ray cluster during the run; the running units "
+                                     f"were stopped and keep their last epoch: fix or remove that node, then "
+                                     f"run the same command again)") from None
+            for node in joined:
+                tqdm.write(f"Ray: node {node['NodeManagerAddress']} {node['NodeID'][:8]} joined the cluster: "
+                           f"{self._slots([node])} more unit(s) at a time")  # above the round's bar
+        self.nodes |= {node["NodeID"] for node in joined}
+        self.slots = self._slots(nodes)
 
     def check_shared_folder(self, nodes, timeout=120):
         """Every node writes and reads a probe file in the run folder; name the first that cannot."""
@@ -372,7 +416,8 @@ class RayCluster(Slots):
         return self.task.remote(job, self.arrays_ref, self.deadline_wall, self.threads)
 
     def wait_one(self, refs):
-        return self.ray.wait(refs, num_returns=1)[0][0]
+        ready = self.ray.wait(refs, num_returns=1, timeout=self.poll_s)[0]
+        return ready[0] if ready else None
 
     def result(self, ref, job):
         try:

@@ -212,6 +212,28 @@ def test_at_most_slots_units_run_at_once():
     assert executor.most_running == 2
 
 
+class Growing(Instant):
+    """Instant slots on a cluster where a second slot appears (a node joins) while the first unit runs, and
+    that unit ends only after one empty wait: the new slot is used before it ends."""
+
+    def __init__(self):
+        super().__init__(slots=1)
+        self.waits = 0
+
+    def refresh(self):
+        self.slots = 2 if self.waits else 1
+
+    def wait_one(self, handles):
+        self.waits += 1
+        return None if self.waits == 1 else handles[0]
+
+
+def test_slots_added_while_units_run_are_used_before_any_unit_ends():
+    executor = Growing()
+    assert [d.job.unit.fold for d in executor.run(_fold_jobs(4), None, None)] == [0, 1, 2, 3]
+    assert executor.started[:2] == [0, 1] and executor.most_running == 2
+
+
 def test_past_the_time_limit_one_unit_starts_and_the_rest_wait_for_the_next_run():
     """Like one unit at a time: the first unit always starts (and trains an epoch: a repeated run with a
     short --time-limit moves on); no other starts after the limit, and the run says so."""

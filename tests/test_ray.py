@@ -6,7 +6,8 @@ each, given --node-ip-address 127.0.0.1. (Ray maps that to the machine's own add
 that can take a second node, services.resolve_ip_for_localhost; its loopback-only mode,
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, refuses a second node. The test machine's network is closed.)
 The worker runs in its own mount namespace where one folder is an empty tmpfs: a run folder there is
-one that node cannot see, as on a cluster whose storage is not shared.
+one that node cannot see, as on a cluster whose storage is not shared. One test adds two nodes during a run
+(one that shares the run folder, one that does not) and removes them after.
 """
 import contextlib
 import os
@@ -28,6 +29,9 @@ from fer_kaggle.inputs import DEMO_TEST, DEMO_TRAIN
 # no usage statistics, no authentication token to hand around between the test's processes
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 TINY = ["--preset", "demo", "--folds", "2", "--epochs", "1", "--pseudo", "--pseudo-threshold", "0.2"]
+# a node's `ray start` options: one CPU, the loopback address, in the foreground (its process group is the node)
+NODE_OPTIONS = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                "--block"]
 NODE = re.compile(r"^(round\d/\S+): OOF accuracy .*, node [\d.]+ ([0-9a-f]{8})\)$", re.M)
 
 
@@ -89,45 +93,65 @@ def cluster(tmp_path_factory):
     """(address, the folder the worker node cannot see, the worker node's id, the worker node's process)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("the two-node test needs root and unshare (a mount namespace for the worker node)")
-    ray_bin = Path(sys.executable).with_name("ray")
     tmp = tmp_path_factory.mktemp("cluster")
     hidden = tmp / "hidden"
     hidden.mkdir()
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, **RAY_ENV}
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
-    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    worker_cmd = f"mount -t tmpfs none {hidden} && exec {ray_bin} start --address {address} " \
-                 f"--resources '{{\"hidden_view\": 1}}' {' '.join(common)}"
+    head = subprocess.Popen([RAY_BIN, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                             *NODE_OPTIONS], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     worker = None
     try:
-        import ray
         for _ in range(60):  # the head takes a few seconds to listen
             time.sleep(1)
-            if subprocess.run([ray_bin, "status", "--address", address], env=env, capture_output=True).returncode == 0:
+            if subprocess.run([RAY_BIN, "status", "--address", address], env={**os.environ, **RAY_ENV},
+                              capture_output=True).returncode == 0:
                 break
-        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker_cmd], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        ray.init(address=address)
-        try:
-            for _ in range(60):
-                nodes = [n for n in ray.nodes() if n["Alive"]]
-                if len(nodes) == 2:
-                    break
-                time.sleep(1)
-            assert len(nodes) == 2, "the worker node did not join"
-            [worker_id] = [n["NodeID"] for n in nodes if "hidden_view" in n["Resources"]]
-        finally:
-            ray.shutdown()
+        worker = _start_node(address, hide=hidden, tag="hidden_view")
+        [worker_id] = [n["NodeID"] for n in _wait_for_nodes(address, 2) if "hidden_view" in n["Resources"]]
         yield address, hidden, worker_id, worker
     finally:
-        for process in (worker, head):  # each node's processes are in its own process group
-            if process is not None:
-                with contextlib.suppress(ProcessLookupError):  # the node-death test killed the worker
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=60)
+        _kill_nodes(worker, head)
+
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+def _start_node(address, hide=None, tag="node"):
+    """A node joining the cluster at `address` (one CPU), as a process group of its own; `hide`: a folder
+    that this node sees as an empty tmpfs (in a mount namespace of its own), as on a node without the
+    shared storage."""
+    start = f"{RAY_BIN} start --address {address} --resources '{{\"{tag}\": 1}}' {' '.join(NODE_OPTIONS)}"
+    command = ["sh", "-c", f"exec {start}"]
+    if hide is not None:
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f"mount -t tmpfs none {hide} && exec {start}"]
+    return subprocess.Popen(command, env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for_nodes(address, count, timeout=90):
+    """The cluster's alive nodes, once there are `count` (after a start, or a kill that Ray must notice)."""
+    import ray
+    ray.init(address=address)
+    try:
+        for _ in range(timeout):
+            nodes = [n for n in ray.nodes() if n["Alive"]]
+            if len(nodes) == count:
+                return nodes
+            time.sleep(1)
+        raise AssertionError(f"the cluster has {len(nodes)} alive nodes, not {count}")
+    finally:
+        ray.shutdown()
+
+
+def _kill_nodes(*processes):
+    for process in processes:  # each node's processes are in its own process group: SIGKILL is instant
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):  # the node-death test killed the worker
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -209,6 +233,47 @@ def _parent_group(pid):
     parent is the raylet of its node, which is in the process group of that node's `ray start`."""
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return os.getpgid(parent)
+
+
+@pytest.mark.slow
+def test_nodes_joining_during_a_run_get_units_once_they_pass_the_shared_folder_check(cluster, tmp_path):
+    """A third node joins while the run's first units train: it is checked, announced and trains a unit. Then a
+    fourth joins that cannot see the run folder: the run stops, naming it, since Ray would give it units."""
+    address = cluster[0]
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
+               "--workdir", str(workdir), "--submissions", str(workdir / "subs"), *TINY, "--no-pseudo",
+               "--backbones", "fer_vgg_tiny", "--folds", "8", "--epochs", "8", "--executor", "ray",
+               "--ray-address", address, "--unit-threads", "1"]  # 8 units of ~20 s, 2 at a time at the start
+    env = {**os.environ, **RAY_ENV, "RAY_DEDUP_LOGS": "0"}
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, joining, hiding, trained_there = [], None, None, False
+    try:
+        for line in run.stdout:  # forwarded by Ray: "(_ray_unit pid=N) round0/.../fold1 epoch 3/8: ..."
+            output.append(line)
+            epoch = re.search(r"pid=(\d+).*? epoch \d+/8", line)
+            if joining is None and epoch:  # the run has started units on the first two nodes
+                joining = _start_node(address, tag="joined_late")
+            if hiding is None and joining is not None and epoch:
+                with contextlib.suppress(OSError, ValueError):
+                    trained_there = _parent_group(int(epoch.group(1))) == joining.pid
+                if trained_there:  # now one that cannot see the run folder (an empty tmpfs over tmp_path)
+                    hiding = _start_node(address, hide=tmp_path, tag="hiding")
+        code = run.wait(timeout=300)
+    finally:
+        run.kill()
+        _kill_nodes(joining, hiding)
+        _wait_for_nodes(address, 2)  # the next tests' runs check every alive node
+    printed = "".join(output)
+    [joined] = re.findall(r"^Ray: node [\d.]+ ([0-9a-f]{8}) joined the cluster: 1 more unit\(s\) at a time$",
+                          printed, re.M)
+    assert trained_there, printed[-3000:]
+    assert code == 2, printed[-3000:]
+    refused = re.search(rf"^error: node [\d.]+ ([0-9a-f]{{8}}): the run folder {workdir} is not shared with it: No such "
+                        rf"file or directory .*\(that node joined the Ray cluster during the run; the running units "
+                        rf"were stopped and keep their last epoch", printed, re.M)
+    assert refused and refused.group(1) != joined, printed[-3000:]
 
 
 @pytest.mark.slow
