@@ -314,7 +314,9 @@ class RayCluster(Slots):
             _check_listening(address)
             try:
                 self.ray.init(address=address, log_to_driver=True)
-            except (ConnectionError, RuntimeError) as exc:  # e.g. another Ray or Python version there
+            except (ConnectionError, RuntimeError, ValueError) as exc:  # another Ray or Python version there;
+                # a ray:// (Ray Client) address without the ray[client] extra
+                self.ray.shutdown()  # a failed Ray Client connection leaves its state behind otherwise
                 raise FerKaggleError(f"cannot join the Ray cluster at {address}: {exc}") from None
         else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
             self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
@@ -444,15 +446,17 @@ class RayCluster(Slots):
 
 
 def _check_listening(address, timeout=10):
-    """Fail at once when nothing listens at HOST:PORT (Ray itself would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not port.isdigit():
-        return  # "auto", or a ray:// client address: Ray's own rules
+    """Fail at once when nothing listens at HOST:PORT or ray://HOST:PORT (Ray itself would retry for
+    minutes, or 30 s for Ray Client)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in host or not port.isdigit():
+        return  # "auto", or another scheme: Ray's own rules
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
+        head = "ray start --head --ray-client-server-port" if address.startswith("ray://") else "ray start --head --port"
         raise FerKaggleError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
-                             f"cluster's head first (ray start --head --port {port}) or check the address") from None
+                             f"cluster's head first ({head} {port}) or check the address") from None
 
 
 def _cause(exc):

@@ -90,16 +90,17 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(address, the folder the worker node cannot see, the worker node's id, the worker node's process)."""
+    """(address, the folder the worker node cannot see, the worker node's id, the worker node's process, the
+    head's Ray Client address)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("the two-node test needs root and unshare (a mount namespace for the worker node)")
     tmp = tmp_path_factory.mktemp("cluster")
     hidden = tmp / "hidden"
     hidden.mkdir()
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     head = subprocess.Popen([RAY_BIN, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                             *NODE_OPTIONS], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
+                             "--ray-client-server-port", str(client_port), *NODE_OPTIONS], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     worker = None
     try:
@@ -110,7 +111,7 @@ def cluster(tmp_path_factory):
                 break
         worker = _start_node(address, hide=hidden, tag="hidden_view")
         [worker_id] = [n["NodeID"] for n in _wait_for_nodes(address, 2) if "hidden_view" in n["Resources"]]
-        yield address, hidden, worker_id, worker
+        yield address, hidden, worker_id, worker, f"ray://127.0.0.1:{client_port}"
     finally:
         _kill_nodes(worker, head)
 
@@ -168,7 +169,7 @@ def test_a_local_ray_instance_writes_what_the_sequential_loop_writes(reference, 
 
 @pytest.mark.slow
 def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_path, capsys):
-    address, _, _, _ = cluster
+    address = cluster[0]
     capsys.readouterr()
     code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", address,
                                   "--unit-threads", "1", capsys=capsys)
@@ -180,8 +181,22 @@ def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_p
 
 
 @pytest.mark.slow
+def test_a_ray_client_address_runs_the_units_on_the_cluster(reference, cluster, tmp_path, capsys):
+    """ray://HOST:PORT (Ray Client, as many hosted clusters give): the same files as with the cluster's own
+    address."""
+    client = cluster[4]
+    capsys.readouterr()
+    code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", client,
+                                  "--unit-threads", "1", capsys=capsys)
+    assert code == 0, printed[-3000:]
+    assert f"Ray tasks on 2 node(s) of {client}, 1 thread each" in printed
+    assert len(NODE.findall(printed)) == 8, printed[-3000:]
+    _assert_same_files(reference / "one_thread", workdir)
+
+
+@pytest.mark.slow
 def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, capsys):
-    address, hidden, worker_id, _ = cluster
+    address, hidden, worker_id = cluster[:3]
     capsys.readouterr()
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(hidden / "out.csv"), "--workdir", str(hidden / "run"),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "1"])
@@ -195,7 +210,7 @@ def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, cap
 
 @pytest.mark.slow
 def test_more_threads_than_a_node_has_is_refused(cluster, tmp_path, capsys):
-    address, _, _, _ = cluster
+    address = cluster[0]
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "2"])
     assert code == 2
@@ -280,7 +295,7 @@ def test_nodes_joining_during_a_run_get_units_once_they_pass_the_shared_folder_c
 def test_a_node_dying_mid_unit_has_its_unit_finished_on_the_other_node(cluster, tmp_path):
     """Kill the worker node (all its processes) once one of its units has saved a checkpoint: Ray runs the
     task again on the head node, where the unit resumes from its checkpoint. Kills the cluster's worker: last."""
-    address, _, worker_id, worker = cluster
+    address, _, worker_id, worker = cluster[:4]
     workdir = tmp_path / "run"
     workdir.mkdir()
     command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
@@ -322,13 +337,30 @@ def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "round0").exists()
 
 
-@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS"])
+@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS", "ray://"])
 def test_an_address_where_nothing_listens_is_refused_at_once(by, tmp_path, capsys, monkeypatch):
     port = _free_port()  # free: nothing listens there
-    address = ["--ray-address", f"127.0.0.1:{port}"] if by == "--ray-address" else []
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}" if by == "RAY_ADDRESS" else "127.0.0.1:1")
+    given = f"ray://127.0.0.1:{port}" if by == "ray://" else f"127.0.0.1:{port}"
+    address = ["--ray-address", given] if by != "RAY_ADDRESS" else []
+    monkeypatch.setenv("RAY_ADDRESS", given if by == "RAY_ADDRESS" else "127.0.0.1:1")
     started = time.monotonic()
     code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray", *address])
-    assert code == 2 and time.monotonic() - started < 30
-    assert f"--ray-address 127.0.0.1:{port}: nothing answers there" in capsys.readouterr().err
+    assert code == 2 and time.monotonic() - started < 10
+    head = "--ray-client-server-port" if by == "ray://" else "--port"
+    assert (f"--ray-address {given}: nothing answers there (Connection refused); start the cluster's head first "
+            f"(ray start --head {head} {port})") in capsys.readouterr().err
+
+
+def test_a_ray_client_address_without_ray_client_installed_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)  # Ray without its [client] extra
+    with socket.socket() as listening:  # something answers at the address
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+                              *TINY, "--executor", "ray", "--ray-address", f"ray://127.0.0.1:{port}"])
+    assert code == 2
+    assert (f"cannot join the Ray cluster at ray://127.0.0.1:{port}: Ray Client requires pip package `ray[client]`"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "round0").exists()
