@@ -168,8 +168,11 @@ def test_a_local_ray_instance_writes_what_the_sequential_loop_writes(reference, 
 
 
 @pytest.mark.slow
-def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_path, capsys):
-    address = cluster[0]
+@pytest.mark.parametrize("through", ["HOST:PORT", "ray://"])
+def test_a_two_node_cluster_trains_units_on_both_nodes(through, reference, cluster, tmp_path, capsys):
+    """The cluster's address, or its head's Ray Client address (ray://HOST:PORT, as many hosted clusters
+    give): units on both nodes, the same files as one thread per unit here."""
+    address = cluster[0] if through == "HOST:PORT" else cluster[4]
     capsys.readouterr()
     code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", address,
                                   "--unit-threads", "1", capsys=capsys)
@@ -177,20 +180,6 @@ def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_p
     assert f"Ray tasks on 2 node(s) of {address}, 1 thread each" in printed
     nodes = dict(NODE.findall(printed))
     assert len(nodes) == 8 and len(set(nodes.values())) == 2, nodes
-    _assert_same_files(reference / "one_thread", workdir)
-
-
-@pytest.mark.slow
-def test_a_ray_client_address_runs_the_units_on_the_cluster(reference, cluster, tmp_path, capsys):
-    """ray://HOST:PORT (Ray Client, as many hosted clusters give): the same files as with the cluster's own
-    address."""
-    client = cluster[4]
-    capsys.readouterr()
-    code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", client,
-                                  "--unit-threads", "1", capsys=capsys)
-    assert code == 0, printed[-3000:]
-    assert f"Ray tasks on 2 node(s) of {client}, 1 thread each" in printed
-    assert len(NODE.findall(printed)) == 8, printed[-3000:]
     _assert_same_files(reference / "one_thread", workdir)
 
 
