@@ -90,17 +90,16 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """(address, the folder the worker node cannot see, the worker node's id, the worker node's process, the
-    head's Ray Client address)."""
+    """(address, the folder the worker node cannot see, the worker node's id, the worker node's process)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("the two-node test needs root and unshare (a mount namespace for the worker node)")
     tmp = tmp_path_factory.mktemp("cluster")
     hidden = tmp / "hidden"
     hidden.mkdir()
-    port, client_port = _free_port(), _free_port()
+    port = _free_port()
     address = f"127.0.0.1:{port}"
     head = subprocess.Popen([RAY_BIN, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                             "--ray-client-server-port", str(client_port), *NODE_OPTIONS], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
+                             *NODE_OPTIONS], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     worker = None
     try:
@@ -111,7 +110,7 @@ def cluster(tmp_path_factory):
                 break
         worker = _start_node(address, hide=hidden, tag="hidden_view")
         [worker_id] = [n["NodeID"] for n in _wait_for_nodes(address, 2) if "hidden_view" in n["Resources"]]
-        yield address, hidden, worker_id, worker, f"ray://127.0.0.1:{client_port}"
+        yield address, hidden, worker_id, worker
     finally:
         _kill_nodes(worker, head)
 
@@ -168,11 +167,8 @@ def test_a_local_ray_instance_writes_what_the_sequential_loop_writes(reference, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("through", ["HOST:PORT", "ray://"])
-def test_a_two_node_cluster_trains_units_on_both_nodes(through, reference, cluster, tmp_path, capsys):
-    """The cluster's address, or its head's Ray Client address (ray://HOST:PORT, as many hosted clusters
-    give): units on both nodes, the same files as one thread per unit here."""
-    address = cluster[0] if through == "HOST:PORT" else cluster[4]
+def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_path, capsys):
+    address = cluster[0]
     capsys.readouterr()
     code, printed, workdir = _run(tmp_path, "ray", "--executor", "ray", "--ray-address", address,
                                   "--unit-threads", "1", capsys=capsys)
