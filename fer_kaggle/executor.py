@@ -264,11 +264,25 @@ def _import_ray():
     return ray
 
 
+def _node_label(address, node_id):
+    """A Ray node as the progress lines and errors name it: its address and the start of its node id."""
+    return f"node {address} {node_id[:8]}"
+
+
 def _node_name():
-    """This Ray node as the progress lines name it: its address and the start of its node id."""
+    """The label of the node this task runs on."""
     import ray
-    context = ray.get_runtime_context()
-    return f"node {ray.util.get_node_ip_address()} {context.get_node_id()[:8]}"
+    return _node_label(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+
+
+def _described(node):
+    """The label of a node as ray.nodes() lists it."""
+    return _node_label(node["NodeManagerAddress"], node["NodeID"])
+
+
+def _count(node, resource):
+    """How many of a resource ("CPU", "GPU") a node as ray.nodes() lists it has."""
+    return int(node["Resources"].get(resource, 0))
 
 
 def _ray_unit(job, arrays, deadline_wall, threads):
@@ -312,15 +326,8 @@ class RayCluster(Slots):
         self.workdir = Path(workdir).resolve()
         if address:
             _check_listening(address)
-            try:
-                self.ray.init(address=address, log_to_driver=True)
-            except (ConnectionError, RuntimeError, ValueError) as exc:  # another Ray or Python version there;
-                # a ray:// (Ray Client) address without the ray[client] extra
-                self.ray.shutdown()  # a failed Ray Client connection leaves its state behind otherwise
-                raise FerKaggleError(f"cannot join the Ray cluster at {address}: {exc}") from None
-        else:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
-            self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
-        try:
+        try:  # on any failure, shut Ray down: a failed Ray Client connection leaves its state behind too
+            self._connect(address)
             nodes = self._alive()
             self._plan(nodes, threads, device_choice)
             self.description = (f"Ray tasks on {len(nodes)} node(s) of {address or 'a local instance'}, "
@@ -332,13 +339,23 @@ class RayCluster(Slots):
             self.ray.shutdown()
             raise
 
+    def _connect(self, address):
+        if not address:  # a local instance over this machine's cores (and GPUs, which Ray finds itself)
+            self.ray.init(address="local", num_cpus=machine_cores(), include_dashboard=False, log_to_driver=True)
+            return
+        try:
+            self.ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # another Ray or Python version there; a
+            # ray:// (Ray Client) address without the ray[client] extra
+            raise FerKaggleError(f"cannot join the Ray cluster at {address}: {exc}") from None
+
     def _plan(self, nodes, threads, device_choice):
         """The units' device (the nodes', not necessarily this machine's) and what each task asks for."""
-        gpus = int(self.ray.cluster_resources().get("GPU", 0))
+        gpus = sum(_count(node, "GPU") for node in nodes)
         on_gpus = device_choice == "cuda" or (device_choice == "auto" and gpus > 0)
         if on_gpus and not gpus:
             raise FerKaggleError("--device cuda: the Ray cluster has no GPU (`ray status` lists its resources)")
-        largest = max(int(node["Resources"].get("CPU", 0)) for node in nodes)
+        largest = max(_count(node, "CPU") for node in nodes)
         if not on_gpus and threads > largest:  # Ray would queue such a task forever
             raise FerKaggleError(f"each unit asks for {threads} CPU threads but the largest Ray node has {largest} "
                                  f"CPUs: give --unit-threads {largest} or less")
@@ -352,8 +369,8 @@ class RayCluster(Slots):
     def _slots(self, nodes):
         """As many units at a time as `nodes` hold: one per GPU, or one per `threads` CPUs of each node."""
         if self.device.type == "cuda":
-            return sum(int(node["Resources"].get("GPU", 0)) for node in nodes)
-        return sum(int(node["Resources"].get("CPU", 0)) // self.threads for node in nodes)
+            return sum(_count(node, "GPU") for node in nodes)
+        return sum(_count(node, "CPU") // self.threads for node in nodes)
 
     def refresh(self):
         """Nodes that joined since the last look: check that they share the run folder, then count their
@@ -368,8 +385,8 @@ class RayCluster(Slots):
                                      f"were stopped and keep their last epoch: fix or remove that node, then "
                                      f"run the same command again)") from None
             for node in joined:
-                tqdm.write(f"Ray: node {node['NodeManagerAddress']} {node['NodeID'][:8]} joined the cluster: "
-                           f"{self._slots([node])} more unit(s) at a time")  # above the round's bar
+                tqdm.write(f"Ray: {_described(node)} joined the cluster: {self._slots([node])} more unit(s) at "
+                           f"a time")  # above the round's bar
         self.nodes |= {node["NodeID"] for node in joined}
         self.slots = self._slots(nodes)
 
@@ -387,15 +404,14 @@ class RayCluster(Slots):
             ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
             if missing:
                 node = refs[missing[0]]
-                raise FerKaggleError(f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} did not answer the "
-                                     f"shared-folder check in {timeout} s")
+                raise FerKaggleError(f"{_described(node)} did not answer the shared-folder check in {timeout} s")
             for ref in ready:
                 node = refs[ref]
                 try:
                     name, problem = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # e.g. fer_kaggle not installed on that node
-                    raise FerKaggleError(f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} could not run "
-                                         f"the shared-folder check: {_cause(exc)}") from None
+                    raise FerKaggleError(f"{_described(node)} could not run the shared-folder check: "
+                                         f"{_cause(exc)}") from None
                 if problem:
                     raise FerKaggleError(f"{name}: {problem}")
             written = list(self.workdir.glob(".probe-*"))
