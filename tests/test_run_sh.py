@@ -23,6 +23,16 @@ def run_sh(*args, **kwargs):
                           timeout=2400, **kwargs)  # generous: a loaded machine is slow, not hung
 
 
+def fake_commands(tmp_path, **scripts):
+    """A bin folder of shell scripts standing in for commands (name: body); the PATH that puts it first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
 def test_run_sh_help_lists_the_commands_and_the_options():
     result = run_sh("--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -114,11 +124,8 @@ def test_offline_setup_reuses_the_pythons_packages(tmp_path):
     clone = tmp_path / "clone"
     shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".venv", ".git", "folds", "submissions", ".gpu",
                                                                 "__pycache__", "*.egg-info", ".pytest_cache"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")  # this venv's python
-    (bin_dir / "python3").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PIP_NO_INDEX": "1"}
+    path = fake_commands(tmp_path, python3=f'exec {sys.executable} "$@"')  # this venv's python
+    env = {**os.environ, "PATH": path, "PIP_NO_INDEX": "1"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(["bash", str(clone / "run.sh"), "--help"], capture_output=True, text=True,
                             timeout=900, env=env, cwd=tmp_path)
@@ -139,15 +146,10 @@ def test_a_torch_install_without_the_disk_for_it_is_refused_before_anything_is_w
     clone = tmp_path / "clone"
     clone.mkdir()
     shutil.copy(ROOT / "run.sh", clone / "run.sh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fakes = {"python3": "exit 1",  # no torch here, nor anything else
-             "df": 'echo "Filesystem 1024-blocks Used Available Capacity Mounted"; '
-                   'echo "/dev/x 100000000 96854272 3145728 97% /"'}  # 3 GiB free
-    for name, body in fakes.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    path = fake_commands(tmp_path, python3="exit 1",  # no torch here, nor anything else
+                         df='echo "Filesystem 1024-blocks Used Available Capacity Mounted"; '
+                            'echo "/dev/x 100000000 96854272 3145728 97% /"')  # 3 GiB free
+    env = {**os.environ, "PATH": path}
     result = subprocess.run(["bash", str(clone / "run.sh"), "--help"], capture_output=True, text=True,
                             timeout=60, env=env, cwd=tmp_path)
     assert result.returncode == 1
