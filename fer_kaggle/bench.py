@@ -2,6 +2,8 @@
 
     python -m fer_kaggle.bench [train] [--preset full|fast|demo] [--backbones A,B] [--device auto]
     python -m fer_kaggle.bench recipe TRAIN_CSV [--preset demo] [--backbone B] [--epochs 8] [--rows 10000]
+    python -m fer_kaggle.bench table TRAIN_CSV [--preset cpu] [--epochs 5,10,20,40]   the budget planner's table
+    python -m fer_kaggle.bench budget [--preset cpu]   what 15 to 240 minutes buy here (plan, predicted OOF)
     python -m fer_kaggle.bench parse TRAIN_CSV [--repeats 3]
     python -m fer_kaggle.bench tree -- COMMAND...   wall time and the process tree's peak memory
     python -m fer_kaggle.bench shift TRAIN_CSV TEST_CSV   the shift check on real and shifted copies
@@ -48,7 +50,8 @@ from .errors import FerKaggleError
 from .train import autocast_dtype, loader_workers, make_batches, make_step, resolve_device
 from .tta import predict_views, views
 
-FER2013_TRAIN_ROWS = 28_709
+FER2013_TRAIN_ROWS, FER2013_TEST_ROWS = 28_709, 7_178
+PARSE_AND_CHECK_SECONDS = 60  # reading FER2013's files, the shift check and the folds, before the plan is made
 
 
 def naive_read_train(path):
@@ -284,6 +287,87 @@ def bench_recipe(cfg, train_path, rows, fold, workdir, variants):
               f"{metrics['train_seconds'] / 60:>8.1f}", flush=True)
 
 
+def bench_table(cfg, train_path, epoch_levels, workdir, out):
+    """Fold 0's OOF accuracy of each of the preset's backbones at each number of epochs, and of their blends
+    (mean of probabilities): the table the budget planner reads. Written under the preset's name into `out`
+    (budget_table.json); what else the file holds (other presets, a measured pseudo-labelling gain) is kept.
+    Units live in WORKDIR/epochs-E/; a re-run skips the finished ones."""
+    import itertools
+    import json
+    import platform
+
+    from .atomic import write_json
+    from .budget import machine_name
+    from .folds import make_or_load_folds
+    from .train import Unit, UnitData, train_unit
+    device = resolve_device(cfg.device)
+    images, labels = read_train(train_path)
+    folds, _ = make_or_load_folds(workdir, images, labels, f"{fingerprint(train_path)}-{len(labels)}", cfg.folds,
+                                  cfg.seed)
+    inside, valid = folds != 0, np.flatnonzero(folds == 0)
+    data = UnitData(images[inside], labels[inside], valid, images[valid], labels[valid], np.arange(1), images[:1])
+    print(f"budget table: preset {cfg.preset}, fold 0 of {cfg.folds} of {train_path} ({inside.sum()} training rows, "
+          f"{len(valid)} held out), epochs {', '.join(map(str, epoch_levels))}, on {_device_name(device)}")
+    models = {b: {"oof": {}} for b in cfg.backbones}
+    blends = {"+".join(pair): {} for pair in itertools.combinations(cfg.backbones, 2)}
+    for epochs in epoch_levels:
+        probs = {}
+        for backbone in cfg.backbones:
+            unit = Unit(0, backbone, 0, "recipe_base")  # bench recipe's name for a preset's own recipe
+            metrics = train_unit(cfg.replace(epochs=epochs), unit, workdir / f"epochs-{epochs}", data, device)
+            with np.load(unit.dir(workdir / f"epochs-{epochs}") / "oof.npz") as saved:
+                probs[backbone] = saved["probs"]
+            models[backbone]["oof"][str(epochs)] = round(metrics["valid_acc"], 4)
+            print(f"{backbone:<18} {epochs:>4} epochs  OOF {metrics['valid_acc']:.4f}  "
+                  f"({metrics['train_seconds'] / 60:.1f} min training)", flush=True)
+        for pair in itertools.combinations(cfg.backbones, 2):
+            blend = np.mean([probs[b] for b in pair], axis=0).argmax(1)
+            blends["+".join(pair)][str(epochs)] = round(float((blend == labels[valid]).mean()), 4)
+            print(f"{' + '.join(pair)}: blend OOF {blends['+'.join(pair)][str(epochs)]:.4f}", flush=True)
+    side = cfg.crop or cfg.image_size
+    for backbone in cfg.backbones:
+        step = make_step(cfg, backbone, device, 1, labels[:8])
+        models[backbone]["mflop_per_image"] = round(training_flops_per_image(step, side) / 1e6, 1)
+    table = json.loads(Path(out).read_text()) if Path(out).exists() else {}
+    table[cfg.preset] = {
+        **table.get(cfg.preset, {}), "models": models, "blends": blends, "train_rows": int(inside.sum()),
+        "measured": f"fold 0 of {cfg.folds} of {Path(train_path).name} ({int(inside.sum())} training rows, "
+                    f"{len(valid)} held out), seed {cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}",
+        "command": f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --epochs "
+                   f"{','.join(map(str, epoch_levels))}"}
+    write_json(out, table)
+    print(f"wrote {out} ({platform.node()})")
+
+
+def bench_budget(preset, device_choice):
+    """What each budget buys on this machine: the plan and its predicted OOF for FER2013's full files."""
+    from .budget import BUDGETS, Table, Work, describe, machine_name, make_plan, measure_speeds
+    cfg = PRESETS[preset].replace(device=device_choice)
+    device = resolve_device(cfg.device)
+    images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes below are FER2013's
+    speeds, how = measure_speeds(cfg, cfg.backbones, images, labels, device)
+    held_out = -(-FER2013_TRAIN_ROWS // cfg.folds)
+    work = Work(cfg.folds, FER2013_TRAIN_ROWS - held_out, held_out + FER2013_TEST_ROWS,
+                min(cfg.monitor_rows or held_out, held_out), len(views(cfg.tta, cfg.crop)), FER2013_TEST_ROWS, speeds)
+    table = Table.for_preset(preset)
+    print(f"what a budget buys with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
+          f"{FER2013_TEST_ROWS:,} test rows), on {machine_name()}; speeds: {how}")
+    rows = []
+    for minutes in BUDGETS:
+        try:
+            plan = make_plan(cfg, set(), work, table, 60 * minutes - PARSE_AND_CHECK_SECONDS, minutes)
+        except FerKaggleError as exc:
+            print(f"{minutes:>4} min: {exc}")
+            continue
+        oof = f"{plan.oof:.3f}" if plan.oof is not None else "unknown"
+        used = (PARSE_AND_CHECK_SECONDS + plan.seconds["units"] + plan.seconds["reserve"]) / 60
+        print(f"{minutes:>4} min: predicted OOF {oof}, {used:.0f} min used: "
+              + ", ".join(f"{b} {e} epochs" for b, e in plan.epochs.items())
+              + (", pseudo-labels" if plan.pseudo else ""), flush=True)
+        rows.append({"minutes": minutes, "oof": plan.oof, "used": used, "plan": plan.epochs, "pseudo": plan.pseudo})
+    return rows
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -362,6 +446,19 @@ def add_arguments(parser):
                                help="change the base (every variant) from the preset, e.g. --set batch_size=128")
     recipe_parser.add_argument("--variants", type=lambda text: text.split(","), default=list(RECIPE_VARIANTS),
                                help=f"comma-separated, from: {', '.join(RECIPE_VARIANTS)}")
+    table = sub.add_parser("table", help="the budget planner's table: fold 0's OOF of each backbone at several "
+                           "epochs, and of their blends (budget_table.json)")
+    table.add_argument("train", help="a train CSV (the full FER2013 train file)")
+    table.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    table.add_argument("--epochs", type=lambda text: [int(e) for e in text.split(",")], default=[5, 10, 20, 40])
+    table.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    table.add_argument("--workdir", type=Path, default=Path("folds/table"), help="where the units live (a re-run "
+                       "skips finished ones)")
+    table.add_argument("--out", type=Path, default=Path(__file__).with_name("budget_table.json"))
+    budget_parser = sub.add_parser("budget", help="what 15, 30, 60, 120 and 240 minutes buy on this machine: the "
+                                   "plan and its predicted OOF, for the full FER2013 files")
+    budget_parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    budget_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     gpu = sub.add_parser("gpu", help="the GPU self-check (about 2 minutes): augmentation paths, syncs per step, a "
@@ -397,6 +494,13 @@ def command(args):
         return 0
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
+        return 0
+    if args.bench == "table":
+        bench_table(PRESETS[args.preset].replace(device=args.device, pseudo=False), args.train, args.epochs,
+                    args.workdir, args.out)
+        return 0
+    if args.bench == "budget":
+        bench_budget(args.preset, args.device)
         return 0
     if args.bench == "recipe":
         cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,

@@ -30,7 +30,8 @@ class Config:
     lr: float = setting(0.1, "peak learning rate, reached after warm-up")
     weight_decay: float = setting(5e-4, "weight decay")
     warmup_epochs: float = setting(2.0, "linear warm-up, in epochs")
-    schedule: str = setting("cosine", "after warm-up: cosine to 0, or torch's one-cycle", ["cosine", "onecycle"])
+    schedule: str = setting("cosine", "after warm-up: cosine or linear decay to 0, or torch's one-cycle",
+                            ["cosine", "linear", "onecycle"])
     label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
     mixup: float = setting(0.0, "mixup Beta alpha (0: off)")
     cutmix: float = setting(0.0, "cutmix Beta alpha (0: off; both on: one of them per batch)")
@@ -60,6 +61,12 @@ class Config:
     compile: bool = setting(False, "torch.compile the training model (pays on CUDA for long runs)")
     checkpoint_every: int = setting(1, "epochs between a unit's checkpoints (a stopped unit resumes from its "
                                     "last one; the last epoch and a --time-limit stop always save one)")
+    budget: float = setting(0.0, "minutes for the whole run, reading to submission: it times this machine and "
+                            "plans the backbones, epochs and pseudo-labelling round predicted to give the best "
+                            "OOF accuracy in that time, then keeps to it (0: no plan, the preset's work as it is)",
+                            metavar="MINUTES")
+    plan: str = setting("", "follow a plan.json that a budgeted run wrote in its run folder, exactly: the same "
+                        "work, so the same submission again (no timing, no re-planning)", metavar="FILE")
     time_limit: float = setting(0.0, "stop cleanly after the epoch that passes this many minutes; run the same "
                                 "command again to continue (0: no limit)", metavar="MINUTES")
     monitor_rows: int = setting(0, "held-out rows checked after each epoch for the curves (0: the whole fold; "
@@ -90,7 +97,7 @@ PRESETS = {
     # Little data and few epochs: AdamW and light augmentation learn fastest there.
     "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=12,
                    batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
-                   augment="light", tta="flip", pseudo_threshold=0.6),
+                   augment="light", tta="flip", pseudo_threshold=0.6, budget=3.0),
     # No GPU: the whole run on the full train file within an hour on two cores (measured: 50.5 min, OOF
     # 0.682 on 2 cores; BENCHMARKS.md). CPU-shaped backbones (channel widths that oneDNN's bf16 kernels run
     # fastest), full augmentation (3.8 points above light at this scale) batched in torch (gpu_augment: 5x
@@ -99,15 +106,15 @@ PRESETS = {
     # their round would double the time. Each choice was measured on one fold of the full train file.
     "cpu": Config(preset="cpu", backbones=("fer_vgg_cpu", "fer_resnet_cpu"), folds=3, epochs=40, batch_size=128,
                   optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0, augment="full", crop=44,
-                  tta="ten_crop", augment_on="device", monitor_rows=2000, pseudo=False),
+                  tta="ten_crop", augment_on="device", monitor_rows=2000, pseudo=False, budget=60.0),
     # One GPU, the whole run.sh in at most 10 minutes on an H100 (target; see BENCHMARKS.md for what was
     # measured): VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
     "fast": Config(preset="fast", epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
-                   compile=True, checkpoint_every=5),
+                   compile=True, checkpoint_every=5, budget=8.0),
     # One GPU, at most 20 minutes: a third family, more epochs, EMA and cutmix.
     "full": Config(preset="full", backbones=("fer_vgg13", "fer_resnet18", "fer_convnext"), epochs=50,
                    batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop", compile=True, ema=0.999,
-                   cutmix=1.0, checkpoint_every=5),
+                   cutmix=1.0, checkpoint_every=5, budget=20.0),
 }
 GPU_PRESETS = {"fast", "full"}
 

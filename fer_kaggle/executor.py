@@ -81,6 +81,7 @@ class Job:
     device: str
     key_settings: dict = None  # what the unit's key stands for (runfolder.unit_settings)
     pseudo: PseudoRows = None  # round 1: the test rows it learns from
+    pace: object = None        # a budgeted run's budget.Keeper (units one at a time, in this process)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def run_job(job, arrays, deadline):
     started = time.perf_counter()
     data = arrays.unit_data(job.unit.fold, job.pseudo)
     metrics = train.train_unit(job.cfg, job.unit, job.workdir, data, torch.device(job.device), deadline,
-                               job.key_settings)
+                               job.key_settings, job.pace)
     return metrics, time.perf_counter() - started
 
 

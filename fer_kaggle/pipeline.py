@@ -19,7 +19,7 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from . import ensemble, heldout, inputs, pseudo, recipe, runfolder, shift
+from . import budget, ensemble, heldout, inputs, pseudo, recipe, runfolder, shift
 from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
@@ -107,19 +107,23 @@ def estimate_cpu_hours(cfg, n_train, device):
     return images_per_backbone * seconds_per_image / 3600, images_per_backbone * len(cfg.backbones)
 
 
-def unit_key(cfg, round_, backbone, device, fingerprints, teachers=None):
-    """(key, settings) of a unit: the short hash of every setting that changes what it learns or saves."""
-    cfg = unit_config(cfg, backbone)
+def unit_key(cfg, round_, backbone, device, fingerprints, teachers=None, plan=None):
+    """(key, settings) of a unit: the short hash of every setting that changes what it learns or saves.
+
+    A budgeted run's units name its plan: the epochs a unit trains are the plan's to decide as it goes."""
+    cfg = unit_config(plan.unit_cfg(cfg, backbone) if plan else cfg, backbone)
     amp = "bf16" if autocast_dtype(cfg.amp, device) is not None else "off"
     settings = runfolder.unit_settings(cfg, round_, augment_on(cfg, device), amp, fingerprints, teachers)
+    if plan is not None:
+        settings["plan"] = plan.id
     return runfolder.short_hash({**settings, "backbone": backbone}), settings
 
 
-def _round_units(cfg, round_, device, fingerprints, teachers=None, variant="", backbones=None):
+def _round_units(cfg, round_, device, fingerprints, teachers=None, variant="", backbones=None, plan=None):
     """{Unit: its key's settings} of a round (or an ablation variant): every backbone x fold."""
     units = {}
     for backbone in backbones or cfg.backbones:
-        key, settings = unit_key(cfg, round_, backbone, device, fingerprints, teachers)
+        key, settings = unit_key(cfg, round_, backbone, device, fingerprints, teachers, plan)
         units.update({Unit(round_, backbone, fold, variant, key): settings for fold in range(cfg.folds)})
     return units
 
@@ -160,14 +164,21 @@ class Rounds:
     teachers: the class-share check of that fold (shift.py), which may refuse it pseudo-labels.
     """
 
-    def __init__(self, cfg, folder, executor, device, fingerprints, arrays):
+    def __init__(self, cfg, folder, executor, device, fingerprints, arrays, session=None):
         self.cfg, self.folder, self.executor, self.device, self.arrays = cfg, folder, executor, device, arrays
-        self.round0 = _round_units(cfg, 0, device, fingerprints)
+        self.session = session
+        self.plan = session.plan if session else None
+        self.round0, self.round1 = run_units(cfg, device, fingerprints, self.plan)
         self.teachers = _models(self.round0)
-        self.round1 = _round_units(cfg, 1, device, fingerprints, self.teachers) if cfg.pseudo else {}
         self.students = _models(self.round1)
         self.cut = pseudo.absolute_threshold(cfg.pseudo_threshold, cfg.label_smoothing)
         self.shares, self.tables = {}, {}
+
+    def job(self, unit, settings, rows=None):
+        """A unit's job: with the plan's epochs for its backbone, kept to the budget by the session's pace."""
+        cfg = self.plan.unit_cfg(self.cfg, unit.backbone) if self.plan else self.cfg
+        return Job(cfg, unit, self.folder.path, str(self.device), settings, rows,
+                   pace=self.session.pace if self.session else None)
 
     def train(self, deadline):
         workdir = self.folder.path
@@ -176,11 +187,13 @@ class Rounds:
         waiting = {fold: {u for u in todo0 if u.fold == fold} for fold in range(self.cfg.folds)}
         with self.executor.start(self.arrays, deadline), _round_bar(self.executor, len(todo0) + len(todo1)) as bar:
             for unit in todo0:
-                self.executor.submit(Job(self.cfg, unit, workdir, str(self.device), self.round0[unit]))
+                self.executor.submit(self.job(unit, self.round0[unit]))
             for fold in [fold for fold, left in waiting.items() if not left]:
                 self._taught(fold, todo1)
             for done in self.executor.finished():
                 _say_done(done, bar)
+                if self.session:
+                    self.session.unit_done(done.job.unit)
                 left = waiting.get(done.job.unit.fold) if done.job.unit.round == 0 else None
                 if left:
                     left.discard(done.job.unit)
@@ -217,7 +230,7 @@ class Rounds:
         for unit in (u for u in self.round1 if u.fold == fold):
             if unit in todo1:
                 settings = {**self.round1[unit], "pseudo_rows": table_hash}
-                self.executor.submit(Job(self.cfg, unit, self.folder.path, str(self.device), settings, rows))
+                self.executor.submit(self.job(unit, settings, rows))
             else:
                 check_finished_student(unit, self.folder.path, table_hash)
 
@@ -226,6 +239,17 @@ class Rounds:
         self.folder.write_record(pseudo_table=self.folder.pseudo_table_path(key).name)
         print("pseudo-labels added per class and fold:")
         print(pseudo.counts_per_class(table, self.cfg.folds).to_string(), flush=True)
+
+
+def run_units(cfg, device, fingerprints, plan=None):
+    """({Unit: key settings} of round 0, the same of round 1 (empty without pseudo-labels)) of a run."""
+    round0 = _round_units(cfg, 0, device, fingerprints, plan=plan)
+    round1 = _round_units(cfg, 1, device, fingerprints, _models(round0), plan=plan) if cfg.pseudo else {}
+    return round0, round1
+
+
+def _all_units(rounds):
+    return [unit for units in rounds for unit in units]
 
 
 def _train_units(cfg, units, folder, executor, device, deadline, arrays):
@@ -276,25 +300,27 @@ def set_aside_old_demo(workdir):
     return aside
 
 
-def run(cfg, source, out, workdir, submissions, report_dir=None):
-    """The whole run in `workdir`, holding its lock; returns (ensemble summary, submission path)."""
+def run(cfg, source, out, workdir, submissions, report_dir=None, explicit=frozenset()):
+    """The whole run in `workdir`, holding its lock; returns (ensemble summary, submission path).
+
+    `explicit`: the settings the command line gave; a budget's plan keeps them as given."""
     if source.train == inputs.DEMO_TRAIN:
         set_aside_old_demo(workdir)
     with RunFolder(workdir).lock() as folder:
-        return _run(cfg, source, out, folder, submissions, report_dir)
+        return _run(cfg, source, out, folder, submissions, report_dir, explicit)
 
 
-def _run(cfg, source, out, folder, submissions, report_dir):
+def _run(cfg, source, out, folder, submissions, report_dir, explicit):
     started = time.perf_counter()
     deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
     executor = make_executor(cfg, folder.path)  # first: Ray connects and checks the shared folder
     try:
-        return _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started)
+        return _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started, explicit)
     finally:
         executor.shutdown()
 
 
-def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started):
+def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadline, started, explicit):
     workdir, device = folder.path, executor.device
     print(f"reading {source.describe()}")
     data, log = inputs.load(source, folder.cache_dir)
@@ -320,11 +346,18 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
     fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
                     runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
     arrays = RunArrays(train_x, train_y, folds, test_ids, test_x)
-    rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays)
+    cfg, session = budget.plan_run(
+        cfg, explicit, folder.plan_json, arrays, device, lambda c, plan: _all_units(run_units(c, device, fingerprints, plan)),
+        isinstance(executor, Sequential), time.perf_counter() - started, fingerprints)
+    rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
     models = rounds.teachers + rounds.students
     folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,
-                        started=time.time(), finished=None)
-    rounds.train(deadline)
+                        plan=session.plan.to_json() if session else None, started=time.time(), finished=None)
+    try:
+        rounds.train(deadline)
+    finally:
+        if session:
+            session.save()  # the minutes spent, for the same command resumed
     if cfg.pseudo:
         teachers, labels = ensemble.load_models(workdir, rounds.teachers)
         students, _ = ensemble.load_models(workdir, rounds.students)
@@ -339,6 +372,8 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
               f"(other settings) left out: `python -m fer_kaggle.ensemble --workdir {workdir} --all` blends them too")
     summary, path = ensemble.run(workdir, submissions, out, names=models)
     folder.write_record(finished=time.time())
+    if session:
+        session.save(finished=True)
     kept = summary["blends"][summary["kept"]]
     print(f"\nsubmission: {path}" + (f" (and {out})" if out else ""))
     print(f"ensemble OOF accuracy: {kept['oof_acc']:.4f} ({summary['kept']} of {len(summary['models'])} models)"
@@ -373,7 +408,8 @@ def command(args):
     """`fer-kaggle run` (the default command): cli.py parsed args and handles errors."""
     cfg, source, out, workdir, why = resolve(args)
     print(f"preset {cfg.preset} ({why})")
-    run(cfg, source, out, workdir, args.submissions, args.report)
+    explicit = {f.name for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None}
+    run(cfg, source, out, workdir, args.submissions, args.report, explicit)
     return 0
 
 

@@ -4,7 +4,8 @@
     mix_batch       mixup / cutmix (timm's box maths), `--mixup`, `--cutmix` (Beta alphas; 0: off)
     loss            cross-entropy on dense targets with label smoothing and optional class weights
                     (`--class-balance`: weight_c ~ count_c^-power, for the rare disgust class)
-    make_scheduler  warm-up + cosine, or torch's one-cycle (`--schedule`)
+    make_scheduler  warm-up + cosine or linear decay to 0 (refitted when a budget moves the end), or
+                    torch's one-cycle (`--schedule`)
     make_ema        an exponential moving average of the weights (timm's ModelEmaV3, `--ema` decay)
 
 Targets are dense so that soft pseudo-labels, smoothing and mixing all act on one
@@ -20,7 +21,7 @@ from timm.utils import ModelEmaV3
 
 from .data import NUM_CLASSES
 
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "linear", "onecycle")
 
 
 def targets(labels):
@@ -70,21 +71,64 @@ def mix_batch(images, batch_targets, mixup_alpha, cutmix_alpha, prob):
 
 
 def make_scheduler(schedule, optimizer, epochs, steps_per_epoch, warmup_epochs, peak_lr):
-    """Per-step LR schedule: linear warm-up then cosine to 0, or one-cycle (warm-up share = warmup/epochs)."""
+    """Per-step LR schedule: linear warm-up then cosine or linear decay to 0 (WarmupDecay), or one-cycle
+    (warm-up share = warmup/epochs)."""
     total = epochs * steps_per_epoch
     warmup = max(1, round(warmup_epochs * steps_per_epoch))
     if schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=total,
                                                    pct_start=min(0.5, warmup / total), anneal_strategy="cos")
-    if schedule != "cosine":
+    if schedule not in DECAYS:
         raise ValueError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(warmup, total, schedule))
 
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+DECAYS = ("cosine", "linear")
+
+
+class WarmupDecay:
+    """The LR factor of each step: linear warm-up, then cosine or linear decay to 0 at the last planned step.
+
+    `refit(step, total)` moves the end while the unit trains (a budgeted run that turns out slower than
+    planned: budget.Keeper): from `step` on, the factor decays from its value there to 0 at `total`, in the
+    same shape, so the unit still ends at 0 ("Budgeted Training", Li et al. 2020: decay to zero at the
+    budget's end rather than cutting a longer schedule short). It is a callable object, not a closure, so
+    LambdaLR's state_dict keeps its refits and a resumed unit continues the same curve.
+    """
+
+    def __init__(self, warmup, total, shape="cosine"):
+        self.warmup, self.total, self.shape = warmup, total, shape
+        self.refits = []  # [step, factor there, new total], in order
+
+    def decay(self, progress):
+        progress = min(1.0, max(0.0, progress))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if self.shape == "cosine" else 1.0 - progress
+
+    def __call__(self, step):
+        for start, factor, total in reversed(self.refits):
+            if step >= start:
+                return factor * self.decay((step - start) / max(1, total - start))
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return self.decay((step - self.warmup) / max(1, self.total - self.warmup))
+
+    def refit(self, step, total):
+        """From `step` (steps taken so far) on, decay to 0 at step `total` instead."""
+        self.refits.append([step, self(step), total])
+
+    @property
+    def end(self):
+        return self.refits[-1][2] if self.refits else self.total
+
+
+def refit_schedule(scheduler, total_steps):
+    """Make a running unit's LR reach 0 at `total_steps`; False for a schedule that cannot (one-cycle)."""
+    decay = getattr(scheduler, "lr_lambdas", [None])[0]
+    if not isinstance(decay, WarmupDecay):
+        return False
+    if decay.end != total_steps:
+        decay.refit(scheduler.last_epoch, total_steps)
+    return True
 
 
 def make_ema(model, decay):

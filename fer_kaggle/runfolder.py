@@ -4,6 +4,7 @@
       run.lock                   held (flock) by the run that trains here; names its host and process
       .probe-*                   (executor.py, for a moment) --executor ray's check that every node sees the folder
       run.json                   the latest run: its settings, its models and ablations, when it finished
+      plan.json                  (budget.py) a budgeted run's plan, each unit's epochs, the minutes spent
       folds.csv, folds.json      (folds.py) the split, made once per train file
       cache/train-<fp>.npz       the parsed arrays, named (images, labels / ids, images, labels, usage)
       round0/<backbone>-<key>/fold<k>/   one unit (train.py writes it; see there for its files)
@@ -181,6 +182,11 @@ class RunFolder:
     @property
     def folds_json(self):
         return self.path / FOLDS_META
+
+    @property
+    def plan_json(self):
+        """(budget.py) a budgeted run's plan, what it decided for each unit, and the minutes spent."""
+        return self.path / "plan.json"
 
     @property
     def ensemble_json(self):

@@ -254,13 +254,16 @@ def make_batches(cfg, images, targets, pipeline, device):
     return HostBatches(cfg, images, targets, pipeline, device)
 
 
-def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=None):
+def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=None, pace=None):
     """Train `unit` to the end (resuming from its checkpoint), predict, save; returns its metrics.
 
     `key_settings`: what the unit's key stands for (runfolder.unit_settings), kept in its config.json.
 
     `deadline` (time.monotonic() seconds): stop after the first epoch that ends past it; every call
     trains at least one epoch, so a run repeated with a short --time-limit always moves on.
+
+    `pace` (a budgeted run: budget.Keeper): says how many epochs the unit gets when it starts, and after
+    each epoch may move its end; the LR schedule is then refitted to reach 0 at the new last epoch.
     """
     unit_dir = unit.dir(workdir)
     cfg = unit_config(cfg, unit.backbone)
@@ -278,57 +281,76 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
     _save_pipeline(train_pipe, unit_dir / runfolder.TRAIN_PIPELINE_FILE)
     _save_pipeline(eval_pipe, unit_dir / runfolder.EVAL_PIPELINE_FILE)
 
+    state = runfolder.load_checkpoint(unit_dir, device)
+    # the epochs it trains: a resumed unit keeps its own (a budget may have moved them); a new one asks the pace
+    planned = state.get("planned_epochs", cfg.epochs) if state else cfg.epochs
+    if pace is not None:
+        planned = pace.start(unit, planned, done=state["epoch"] if state else 0)
+    cfg = cfg.replace(epochs=planned)
     train_targets = recipe.targets(data.train_labels)
     loader = make_batches(cfg, data.train_images, train_targets, train_pipe, device)
     torch.manual_seed(unit.seed(cfg.seed))
     step = make_step(cfg, unit.backbone, device, len(loader), train_targets.argmax(1))
     model, optimizer, scheduler, ema, amp_dtype = step.model, step.optimizer, step.scheduler, step.ema, step.amp_dtype
 
-    history, start_epoch = [], 0
-    state = runfolder.load_checkpoint(unit_dir, device)
+    history, epoch = [], 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        history, start_epoch = state["history"], state["epoch"]
+        history, epoch = state["history"], state["epoch"]
 
     valid_x = augment.to_tensor(data.valid_images, eval_pipe)
     valid_y = torch.as_tensor(data.valid_labels)
     watch = monitor_rows(len(valid_y), cfg.monitor_rows, unit.seed(cfg.seed, MONITOR_SEED_KEY))
-    for epoch in range(start_epoch, cfg.epochs):
+    while epoch < planned:
         started = time.perf_counter()
         epoch_seed = unit.seed(cfg.seed, epoch)
         torch.manual_seed(epoch_seed)  # dropout, mixup
         np.random.seed(epoch_seed % 2**32)  # timm's cutmix box draws from numpy's global RNG
         loader.set_epoch_seed(epoch_seed)
-        train_loss, train_acc = _train_epoch(step, loader, desc=f"{unit.name} epoch {epoch + 1}/{cfg.epochs}",
+        train_loss, train_acc = _train_epoch(step, loader, desc=f"{unit.name} epoch {epoch + 1}/{planned}",
                                              unit=unit)
         valid_probs = predict_views(step.eval_model(), valid_x[watch], "none", device, amp_dtype=amp_dtype,
                                     crop=cfg.crop)[0]
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+        epoch += 1
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                "train_loss": train_loss, "train_acc": train_acc,
                "valid_loss": _nll(valid_probs, valid_y[watch]), "valid_acc": _accuracy(valid_probs, valid_y[watch]),
                "valid_rows": len(watch), "seconds": time.perf_counter() - started}
         history.append(row)
-        stopping = deadline is not None and time.monotonic() > deadline and epoch + 1 < cfg.epochs
-        if stopping or (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        line = (f"{unit.name} epoch {epoch}/{planned}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
+                f"valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
+        if pace is not None and epoch < planned:
+            planned, line = _repace(pace, unit, step, epoch, planned, history, len(loader), line)
+        stopping = deadline is not None and time.monotonic() > deadline and epoch < planned
+        if stopping or epoch % cfg.checkpoint_every == 0 or epoch == planned:
             # up to ~135 MB with an EMA on a GPU preset: every few epochs there (--checkpoint-every)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                     "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "planned_epochs": planned,
+                     "history": history, "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             runfolder.save_checkpoint(unit_dir, state)
         save_csv(unit_dir / runfolder.HISTORY_FILE, pd.DataFrame(history))
-        tqdm.write(f"{unit.name} epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.3f} "
-                   f"acc {train_acc:.3f} | valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
+        tqdm.write(line)
         if stopping:
-            raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch + 1} of {cfg.epochs}")
+            raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch} of {planned}")
 
     return _predict_and_save(cfg, unit, unit_dir, step.eval_model(), valid_x, valid_y, data, eval_pipe, device,
                              amp_dtype, history)
+
+
+def _repace(pace, unit, step, epoch, planned, history, steps_per_epoch, line):
+    """After an epoch of a budgeted unit: (the epochs the pace now gives it, the epoch's line), its LR
+    refitted to reach 0 at the new last epoch."""
+    wanted = max(epoch + 1, pace.after_epoch(unit, epoch, planned, [row["seconds"] for row in history]))
+    if wanted == planned or not recipe.refit_schedule(step.scheduler, wanted * steps_per_epoch):
+        return planned, line
+    return wanted, (f"{line}\n{unit.name}: {wanted} epochs instead of {planned}, to keep to the budget; its "
+                    f"learning rate now decays to 0 at epoch {wanted}")
 
 
 @dataclass

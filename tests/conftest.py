@@ -1,4 +1,6 @@
 """Shared fixtures: real FER2013 rows from the bundled demo sample."""
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,10 @@ import torch
 from fer_kaggle.data import read_test, read_train
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Budgeted runs cache this machine's measured speeds (budget.cache_file): the suite's own cache, shared by
+# its runs and subprocesses, never the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")
 DEMO = ROOT / "fer_kaggle" / "demo_data"
 
 
@@ -99,7 +105,7 @@ def interrupt_then_resume(monkeypatch):
     again, to the end."""
     from fer_kaggle import train
 
-    def run(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1):
+    def run(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1, pace=None):
         real_epoch, calls = train._train_epoch, []
 
         def interrupt(*args, **kwargs):
@@ -110,9 +116,9 @@ def interrupt_then_resume(monkeypatch):
 
         monkeypatch.setattr(train, "_train_epoch", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            train.train_unit(cfg, unit, workdir, data, device)
+            train.train_unit(cfg, unit, workdir, data, device, pace=pace)
         assert not (unit.dir(workdir) / "metrics.json").exists()
         assert torch.load(unit.dir(workdir) / "checkpoint.pt", weights_only=True)["epoch"] == checkpoint
         monkeypatch.setattr(train, "_train_epoch", real_epoch)
-        return train.train_unit(cfg, unit, workdir, data, device)
+        return train.train_unit(cfg, unit, workdir, data, device, pace=pace)
     return run

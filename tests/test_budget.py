@@ -1,0 +1,269 @@
+"""--budget: a run measures this machine, plans the work that fits, and keeps to it.
+
+The planner's tests use the shipped table and FER2013's real sizes; the training tests use real rows
+of the bundled sample. No test times anything: a controlled clock stands in for the machine's speed.
+"""
+import json
+import re
+import lzma
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer_kaggle import budget, pipeline, recipe, train
+from fer_kaggle.budget import Keeper, Plan, Speed, Table, Work, make_plan
+from fer_kaggle.config import PRESETS
+from fer_kaggle.errors import FerKaggleError
+from fer_kaggle.train import Unit
+
+DEMO = Path(__file__).resolve().parents[1] / "fer_kaggle" / "demo_data"
+CPU = PRESETS["cpu"]
+
+
+def fer2013_work(slower=1.0):
+    """FER2013's sizes in the cpu preset (3 folds of 28,709 train rows, 7,178 test rows, ten-crop TTA), with
+    the per-image speeds `bench` measured on 2 AVX-512-BF16 cores (1,430 and 2,025 training images/s),
+    `slower` times slower."""
+    speeds = {"fer_vgg_cpu": Speed(slower / 1430, slower / 9000), "fer_resnet_cpu": Speed(slower / 2025, slower / 12000)}
+    return Work(folds=3, train_rows=19139, predict_rows=9570 + 7178, monitor_rows=2000, views=10, test_rows=7178,
+                speeds=speeds)
+
+
+def total_epochs(plan):
+    return sum(plan.epochs.values())
+
+
+# ---------------------------------------------------------------- the plan
+
+def test_the_shipped_table_holds_measured_oof_for_the_cpu_preset():
+    table = Table.for_preset("cpu")
+    for backbone in CPU.backbones:
+        assert table.knows(backbone)
+        accuracies = [table.oof(backbone, e) for e in sorted(table.models[backbone])]
+        assert accuracies == sorted(accuracies), "more epochs never predicted to lose"
+        assert 1 / 7 < accuracies[0] < accuracies[-1] < 0.75
+
+
+def test_a_slower_machine_gets_a_smaller_plan_that_still_fits():
+    table = Table.for_preset("cpu")
+    plans = {slower: make_plan(CPU, set(), fer2013_work(slower), table, 60 * 60, 60) for slower in (1, 4.7)}
+    fast, slow = plans[1], plans[4.7]
+    assert total_epochs(slow) < total_epochs(fast)
+    assert slow.oof < fast.oof
+    for plan in plans.values():
+        assert plan.seconds["units"] + plan.seconds["reserve"] <= 60 * 60 * (1 - budget.SAFETY)
+
+
+def test_more_minutes_never_predict_less_accuracy_and_every_plan_fits():
+    table, work = Table.for_preset("cpu"), fer2013_work(4.7)
+    plans = [make_plan(CPU, set(), work, table, 60 * minutes, minutes) for minutes in budget.BUDGETS]
+    assert [p.oof for p in plans] == sorted(p.oof for p in plans)
+    for minutes, plan in zip(budget.BUDGETS, plans):
+        assert work.run_seconds(plan.epochs, plan.pseudo) == pytest.approx(plan.seconds["units"])
+        assert plan.seconds["units"] <= 60 * minutes
+
+
+def test_explicit_epochs_and_backbones_are_kept_and_a_plan_that_cannot_fit_says_so():
+    table, work = Table.for_preset("cpu"), fer2013_work()
+    cfg = CPU.replace(epochs=7, backbones=("fer_resnet_cpu",))
+    plan = make_plan(cfg, {"epochs", "backbones"}, work, table, 60 * 60, 60)
+    assert plan.epochs == {"fer_resnet_cpu": 7} and plan.explicit == ("backbones", "epochs")
+    with pytest.raises(FerKaggleError, match=r"--budget 5: with --epochs as given, .* takes about \d+ minutes"):
+        make_plan(CPU.replace(epochs=40), {"epochs"}, work, table, 5 * 60, 5)
+
+
+# ---------------------------------------------------------------- the LR schedule fitted to the planned steps
+
+def test_a_refitted_schedule_continues_from_where_it_was_and_reaches_zero_at_the_new_end():
+    decay = recipe.WarmupDecay(warmup=10, total=100)
+    before = [decay(step) for step in range(60)]
+    decay.refit(40, 70)
+    assert [decay(step) for step in range(41)] == before[:41]
+    assert decay(70) == 0 and decay(69) > 0
+    assert all(a >= b for a, b in zip([decay(s) for s in range(40, 71)], [decay(s) for s in range(41, 72)]))
+    linear = recipe.WarmupDecay(warmup=1, total=11, shape="linear")
+    assert linear(6) == pytest.approx(0.5) and linear(11) == 0
+
+
+class ShrinkAfter:
+    """A pace that plans `epochs` and, after epoch `at`, moves the end to `to`."""
+
+    def __init__(self, epochs, at, to):
+        self.epochs, self.at, self.to = epochs, at, to
+
+    def start(self, unit, planned, done):
+        return planned if done else self.epochs
+
+    def after_epoch(self, unit, epoch, planned, epoch_seconds):
+        return self.to if epoch == self.at else planned
+
+    def finished(self, unit):
+        pass
+
+
+def _history(unit, workdir):
+    import pandas as pd
+    return pd.read_csv(unit.dir(workdir) / "history.csv")
+
+
+def test_a_unit_shortened_mid_way_ends_with_its_learning_rate_at_zero(tmp_path, small_unit_data):
+    cfg = PRESETS["demo"].replace(epochs=99, amp="off")  # the pace, not cfg.epochs, plans the epochs
+    unit = Unit(0, "fer_resnet_tiny", 0)
+    metrics = train.train_unit(cfg, unit, tmp_path, small_unit_data, torch.device("cpu"), pace=ShrinkAfter(5, 2, 3))
+    history = _history(unit, tmp_path)
+    assert metrics["epochs"] == 3 and list(history["epoch"]) == [1, 2, 3]
+    assert history["lr"].iloc[-1] == 0 and history["lr"].iloc[1] > 0
+    straight = Unit(0, "fer_resnet_tiny", 1)
+    train.train_unit(cfg, straight, tmp_path, small_unit_data, torch.device("cpu"), pace=ShrinkAfter(5, 0, 5))
+    planned5 = _history(straight, tmp_path)
+    assert planned5["lr"].iloc[0] == pytest.approx(history["lr"].iloc[0]), "the same schedule until the refit"
+    assert planned5["lr"].iloc[-1] == 0
+
+
+def test_a_shortened_unit_stopped_and_resumed_ends_as_one_never_stopped(tmp_path, small_unit_data,
+                                                                         interrupt_then_resume):
+    cfg = PRESETS["demo"].replace(amp="off")
+    device = torch.device("cpu")
+    straight = train.train_unit(cfg, Unit(0, "fer_vgg_tiny", 0), tmp_path / "a", small_unit_data, device,
+                                pace=ShrinkAfter(4, 1, 3))
+    resumed = interrupt_then_resume(cfg, Unit(0, "fer_vgg_tiny", 0), tmp_path / "b", small_unit_data, device,
+                                    stop_at=3, checkpoint=2, pace=ShrinkAfter(4, 1, 3))
+    assert straight["epochs"] == resumed["epochs"] == 3
+    for name in ("oof.npz", "test.npz"):
+        assert (tmp_path / "a" / "round0/fer_vgg_tiny/fold0" / name).read_bytes() == \
+            (tmp_path / "b" / "round0/fer_vgg_tiny/fold0" / name).read_bytes()
+
+
+# ---------------------------------------------------------------- keeping to it: a controlled clock
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_slowdown_mid_run_shrinks_only_what_has_not_finished(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(budget.time, "monotonic", clock)
+    work = fer2013_work(4.7)  # an AVX2 machine: the hour holds less than the table's most epochs
+    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * 60, 60)
+    units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
+    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={})
+    first, second, third = units[:3]
+    seconds = work.epoch_seconds(first.backbone)
+
+    epochs = keeper.start(first, plan.epochs[first.backbone], done=0)
+    assert plan.epochs[first.backbone] <= epochs <= plan.epochs[first.backbone] + 2, "at the measured speed the plan stands"
+    for epoch in range(1, epochs + 1):
+        clock.now += seconds
+        assert keeper.after_epoch(first, epoch, epochs, [seconds] * epoch) == epochs
+    clock.now += work.predict_seconds(first.backbone)
+    keeper.finished(first)
+
+    # a competing process: from here on every epoch takes twice as long
+    epochs2 = keeper.start(second, plan.epochs[second.backbone], done=0)
+    clock.now += 2 * seconds
+    shortened = keeper.after_epoch(second, 1, epochs2, [2 * seconds])
+    assert 1 < shortened < epochs2
+    for epoch in range(2, shortened + 1):
+        clock.now += 2 * seconds
+        keeper.after_epoch(second, epoch, shortened, [2 * seconds] * epoch)
+    clock.now += 2 * work.predict_seconds(second.backbone)
+    keeper.finished(second)
+    assert keeper.record[second.name]["refits"] == [[1, shortened]]
+    assert first.name not in keeper.record or keeper.record[first.name]["refits"] == []
+
+    epochs3 = keeper.start(third, plan.epochs[third.backbone], done=0)
+    assert epochs3 < plan.epochs[third.backbone], "the units not started get fewer epochs at the slower speed"
+
+
+def test_a_faster_machine_gives_later_units_more_epochs_up_to_the_tables_most(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(budget.time, "monotonic", clock)
+    work = fer2013_work(4.7)  # planned as on an AVX2 machine ...
+    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * 60, 60)
+    units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
+    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={})
+    unit = units[0]
+    epochs = keeper.start(unit, plan.epochs[unit.backbone], done=0)
+    fast = work.epoch_seconds(unit.backbone) / 4.7  # ... that runs at the AVX-512-BF16 speed
+    for epoch in range(1, epochs + 1):
+        clock.now += fast
+        keeper.after_epoch(unit, epoch, epochs, [fast] * epoch)
+    keeper.finished(unit)
+    later = keeper.start(units[1], plan.epochs[unit.backbone], done=0)
+    assert epochs < later <= plan.most[unit.backbone]
+
+
+# ---------------------------------------------------------------- whole runs
+
+def _head(name, rows, path):
+    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
+    return path
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    return _head("train.csv.xz", 300, tmp_path / "train.csv"), _head("test.csv.xz", 40, tmp_path / "test.csv")
+
+
+SMALL = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--no-pseudo", "--device", "cpu"]
+
+
+def _run(tmp_path, capsys, files, name, *extra):
+    out = tmp_path / f"{name}.csv"
+    code = pipeline.main([str(files[0]), str(files[1]), str(out), "--workdir", str(tmp_path / name),
+                          "--submissions", str(tmp_path / "subs"), *SMALL, *extra])
+    return code, out, capsys.readouterr()
+
+
+def _trained_epochs(workdir):
+    return sorted(json.loads(p.read_text())["epochs"] for p in Path(workdir).glob("round0/*/fold*/metrics.json"))
+
+
+def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it(tmp_path, capsys, small_files):
+    code, out, captured = _run(tmp_path, capsys, small_files, "run", "--budget", "2", "--time-limit", "0.0001")
+    assert code == 3, captured.err[-2000:]
+    assert "plan for --budget 2 minutes" in captured.out and "predicted:" in captured.out
+    saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert saved["spent_seconds"] > 0 and not saved["finished"]
+    # the machine now measures 20 times slower: a new plan would shrink, the resumed one is kept
+    cache = budget.cache_file()
+    speeds = json.loads(cache.read_text())
+    for entries in speeds.values():
+        for entry in entries.values():
+            entry["train"] *= 20
+    cache.write_text(json.dumps(speeds))
+    code, out, captured = _run(tmp_path, capsys, small_files, "run", "--budget", "2")
+    assert code == 0, captured.err[-2000:]
+    assert "continuing its plan" in captured.out and "plan for --budget" not in captured.out
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["plan"]["id"] == saved["plan"]["id"]
+    [model] = (tmp_path / "run" / "round0").glob("fer_vgg_tiny-*")
+    assert len(list(model.glob("fold*/metrics.json"))) == 2 and out.exists()
+
+
+def test_explicit_epochs_are_obeyed_and_too_much_work_for_the_budget_is_refused(tmp_path, capsys, small_files):
+    code, _, captured = _run(tmp_path, capsys, small_files, "obeyed", "--budget", "2", "--epochs", "2")
+    assert code == 0, captured.err[-2000:]
+    assert _trained_epochs(tmp_path / "obeyed") == [2, 2]
+    code, out, captured = _run(tmp_path, capsys, small_files, "refused", "--budget", "0.05", "--epochs", "500")
+    assert code == 2 and "--budget 0" in captured.err
+    assert re.search(r"--budget 0.05: with .*--epochs.* as given, .* takes about \d+ minutes", captured.err)
+    assert not out.exists() and not list((tmp_path / "refused").glob("round0/*"))
+
+
+def test_a_recorded_plan_replayed_gives_the_same_submission_bytes(tmp_path, capsys, small_files):
+    code, original, captured = _run(tmp_path, capsys, small_files, "original", "--budget", "1")
+    assert code == 0, captured.err[-2000:]
+    plan = tmp_path / "original" / "plan.json"
+    replays = []
+    for name in ("replay1", "replay2"):
+        code, out, captured = _run(tmp_path, capsys, small_files, name, "--plan", str(plan))
+        assert code == 0, captured.err[-2000:]
+        assert "following" in captured.out and "plan for --budget" not in captured.out
+        replays.append(out.read_bytes())
+    assert replays[0] == replays[1] == original.read_bytes()
+    assert _trained_epochs(tmp_path / "replay1") == _trained_epochs(tmp_path / "original")
