@@ -29,7 +29,7 @@ from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
 from .runfolder import RunFolder
 from .submit import check_out_path
-from .train import Unit, augment_on, autocast_dtype, build_model, check_finished_student, is_finished
+from .train import AMP_NAMES, Unit, augment_on, autocast_dtype, build_model, check_finished_student, is_finished
 
 def cuda_available():
     """The one place the automatic preset looks for a GPU (tests replace it: no GPU needed to test both)."""
@@ -112,7 +112,7 @@ def unit_key(cfg, round_, backbone, device, fingerprints, teachers=None, plan=No
 
     A budgeted run's units name its plan: the epochs a unit trains are the plan's to decide as it goes."""
     cfg = unit_config(plan.unit_cfg(cfg, backbone) if plan else cfg, backbone)
-    amp = "bf16" if autocast_dtype(cfg.amp, device) is not None else "off"
+    amp = AMP_NAMES[autocast_dtype(cfg.amp, device)]
     settings = runfolder.unit_settings(cfg, round_, augment_on(cfg, device), amp, fingerprints, teachers)
     if plan is not None:
         settings["plan"] = plan.id

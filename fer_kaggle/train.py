@@ -105,13 +105,20 @@ def build_model(backbone, device):
 
 
 def autocast_dtype(amp, device):
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (about 2x there); None for float32."""
+    """The autocast dtype: bf16 where the device runs it natively (CUDA from Ampere on; CPUs with AVX-512 BF16
+    or AMX, about 4x there), fp16 on a CUDA GPU without bf16 (P100, T4: with a gradient scaler, Step),
+    None (float32) on other CPUs; `amp` "bf16", "fp16" or "off" insists."""
     if amp == "off":
         return None
-    native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if amp == "bf16" or native:
-        return torch.bfloat16
-    return None
+    if amp in AMP_DTYPES:
+        return AMP_DTYPES[amp]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_NAMES = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}  # as unit keys name them
 
 
 def _optimizer(cfg, model):
@@ -300,6 +307,8 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if step.scaler is not None and "scaler" in state:
+            step.scaler.load_state_dict(state["scaler"])
         history, epoch = state["history"], state["epoch"]
 
     valid_x = augment.to_tensor(data.valid_images, eval_pipe)
@@ -333,6 +342,8 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
                      "history": history, "backbone": unit.backbone, "mean": mean, "std": std, "crop": cfg.crop}
             if ema is not None:
                 state["ema"] = ema.state_dict()
+            if step.scaler is not None:
+                state["scaler"] = step.scaler.state_dict()
             runfolder.save_checkpoint(unit_dir, state)
         save_csv(unit_dir / runfolder.HISTORY_FILE, pd.DataFrame(history))
         tqdm.write(line)
@@ -365,6 +376,7 @@ class Step:
     device: torch.device
     amp_dtype: torch.dtype
     forward: object = None  # torch.compile(model) with --compile; it shares the model's weights
+    scaler: object = None   # fp16: torch's gradient scaler (fp16 gradients underflow without it)
 
     def __call__(self, images, batch_targets):
         cfg = self.cfg
@@ -377,8 +389,13 @@ class Step:
         # records a non-finite loss on the device; the epoch then ends in an error before its checkpoint,
         # so no update made from it is ever saved.
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # skips the step (and lowers the scale) when a gradient overflowed
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.scheduler.last_epoch)
@@ -398,7 +415,9 @@ def make_step(cfg, backbone, device, steps_per_epoch, hard_labels):
     scheduler = recipe.make_scheduler(cfg.schedule, optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_epochs,
                                       cfg.lr)
     forward = torch.compile(model) if cfg.compile else None
-    return Step(model, optimizer, scheduler, ema, weights, cfg, device, autocast_dtype(cfg.amp, device), forward)
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return Step(model, optimizer, scheduler, ema, weights, cfg, device, amp_dtype, forward, scaler)
 
 
 class EpochStats:

@@ -9,7 +9,7 @@ import torch
 from fer_kaggle import train
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.train import Unit, train_unit
+from fer_kaggle.train import Unit, UnitData, train_unit
 
 CFG = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, tta="flip_shift")
 UNIT = Unit(0, "fer_vgg_tiny", 0)
@@ -136,3 +136,32 @@ def test_image_size_resizes_in_both_pipelines():
     for pipeline in (augment.train_pipeline(0.5, 0.25, "full", 64), augment.eval_pipeline(0.5, 0.25, 64)):
         assert pipeline(image=image)["image"].shape == (1, 64, 64)
     assert augment.eval_pipeline(0.5, 0.25)(image=image)["image"].shape == (1, 48, 48)
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_as_one_never_stopped(tmp_path, small_unit_data,
+                                                                              interrupt_then_resume):
+    """The path of GPUs without bf16 (Kaggle's P100 and T4): fp16 autocast with torch's gradient scaler,
+    whose scale is saved with the checkpoint so a resumed unit steps as one never stopped."""
+    cfg = PRESETS["demo"].replace(amp="fp16", epochs=2, batch_size=16, tta="none")
+    device = torch.device("cpu")
+    data = small_unit_data
+    # CPUs run fp16 convolutions slowly (no native kernels): a few rows suffice for the scaler's path
+    small_unit_data = UnitData(data.train_images[:32], data.train_labels[:32], data.valid_rows[:16],
+                               data.valid_images[:16], data.valid_labels[:16], data.test_ids[:4], data.test_images[:4])
+    unit = Unit(0, "fer_resnet_tiny", 0)
+    straight = train_unit(cfg, unit, tmp_path / "a", small_unit_data, device)
+    state = torch.load(unit.dir(tmp_path / "a") / "checkpoint.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0
+    resumed = interrupt_then_resume(cfg, unit, tmp_path / "b", small_unit_data, device)
+    assert straight["valid_acc"] == resumed["valid_acc"]
+    for name in ("oof.npz", "test.npz"):
+        assert (unit.dir(tmp_path / "a") / name).read_bytes() == (unit.dir(tmp_path / "b") / name).read_bytes()
+
+
+def test_a_gpu_without_bf16_trains_in_fp16_and_one_with_it_in_bf16(monkeypatch):
+    from fer_kaggle.train import autocast_dtype
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert autocast_dtype("auto", cuda) == torch.float16 and autocast_dtype("bf16", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert autocast_dtype("auto", cuda) == torch.bfloat16 and autocast_dtype("off", cuda) is None
