@@ -51,7 +51,6 @@ from .train import autocast_dtype, loader_workers, make_batches, make_step, reso
 from .tta import predict_views, views
 
 FER2013_TRAIN_ROWS, FER2013_TEST_ROWS = 28_709, 7_178
-PARSE_AND_CHECK_SECONDS = 60  # reading FER2013's files, the shift check and the folds, before the plan is made
 
 
 def naive_read_train(path):
@@ -329,43 +328,45 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out):
         step = make_step(cfg, backbone, device, 1, labels[:8])
         models[backbone]["mflop_per_image"] = round(training_flops_per_image(step, side) / 1e6, 1)
     table = json.loads(Path(out).read_text()) if Path(out).exists() else {}
-    table[cfg.preset] = {
-        **table.get(cfg.preset, {}), "models": models, "blends": blends, "train_rows": int(inside.sum()),
-        "measured": f"fold 0 of {cfg.folds} of {Path(train_path).name} ({int(inside.sum())} training rows, "
-                    f"{len(valid)} held out), seed {cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}",
-        "command": f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --epochs "
-                   f"{','.join(map(str, epoch_levels))}"}
+    entry = table.setdefault(cfg.preset, {})
+    for backbone, measured in models.items():  # merged: levels measured before (other epochs) are kept
+        known = entry.setdefault("models", {}).setdefault(backbone, {"oof": {}})
+        known["oof"].update(measured["oof"])
+        known["mflop_per_image"] = measured["mflop_per_image"]
+    for pair, measured in blends.items():
+        entry.setdefault("blends", {}).setdefault(pair, {}).update(measured)
+    command = (f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --backbones "
+               f"{','.join(cfg.backbones)} --epochs {','.join(map(str, epoch_levels))}")
+    entry.setdefault("commands", []).append(
+        f"{command}: fold 0 of {cfg.folds} ({int(inside.sum())} training rows, {len(valid)} held out), seed "
+        f"{cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}")
+    entry["train_rows"] = int(inside.sum())
     write_json(out, table)
     print(f"wrote {out} ({platform.node()})")
 
 
 def bench_budget(preset, device_choice):
     """What each budget buys on this machine: the plan and its predicted OOF for FER2013's full files."""
-    from .budget import BUDGETS, Table, Work, describe, machine_name, make_plan, measure_speeds
+    from .budget import Table, curve, machine_name, measure_speeds, work_for
     cfg = PRESETS[preset].replace(device=device_choice)
     device = resolve_device(cfg.device)
-    images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes below are FER2013's
+    images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes are FER2013's
     speeds, how = measure_speeds(cfg, cfg.backbones, images, labels, device)
-    held_out = -(-FER2013_TRAIN_ROWS // cfg.folds)
-    work = Work(cfg.folds, FER2013_TRAIN_ROWS - held_out, held_out + FER2013_TEST_ROWS,
-                min(cfg.monitor_rows or held_out, held_out), len(views(cfg.tta, cfg.crop)), FER2013_TEST_ROWS, speeds)
-    table = Table.for_preset(preset)
+    work = work_for(cfg, FER2013_TRAIN_ROWS, FER2013_TEST_ROWS, speeds)
     print(f"what a budget buys with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
           f"{FER2013_TEST_ROWS:,} test rows), on {machine_name()}; speeds: {how}")
-    rows = []
-    for minutes in BUDGETS:
-        try:
-            plan = make_plan(cfg, set(), work, table, 60 * minutes - PARSE_AND_CHECK_SECONDS, minutes)
-        except FerKaggleError as exc:
-            print(f"{minutes:>4} min: {exc}")
+    for backbone, speed in speeds.items():
+        print(f"  {backbone}: {work.epoch_seconds(backbone):.1f} s an epoch, {work.predict_seconds(backbone):.0f} s "
+              f"of TTA a unit ({1 / speed.train:,.0f} training images/s)")
+    for minutes, plan in curve(cfg, work, Table.for_preset(preset)):
+        if isinstance(plan, str):
+            print(f"{minutes:>4} min: {plan}")
             continue
         oof = f"{plan.oof:.3f}" if plan.oof is not None else "unknown"
-        used = (PARSE_AND_CHECK_SECONDS + plan.seconds["units"] + plan.seconds["reserve"]) / 60
-        print(f"{minutes:>4} min: predicted OOF {oof}, {used:.0f} min used: "
+        print(f"{minutes:>4} min: predicted OOF {oof}; "
               + ", ".join(f"{b} {e} epochs" for b, e in plan.epochs.items())
-              + (", pseudo-labels" if plan.pseudo else ""), flush=True)
-        rows.append({"minutes": minutes, "oof": plan.oof, "used": used, "plan": plan.epochs, "pseudo": plan.pseudo})
-    return rows
+              + (", pseudo-labels" if plan.pseudo else "")
+              + f" ({(sum(plan.seconds.values())) / 60:.0f} min)", flush=True)
 
 
 def _children(pid):
@@ -450,6 +451,7 @@ def add_arguments(parser):
                            "epochs, and of their blends (budget_table.json)")
     table.add_argument("train", help="a train CSV (the full FER2013 train file)")
     table.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    table.add_argument("--backbones", type=lambda text: tuple(text.split(",")), help="default: the preset's")
     table.add_argument("--epochs", type=lambda text: [int(e) for e in text.split(",")], default=[5, 10, 20, 40])
     table.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     table.add_argument("--workdir", type=Path, default=Path("folds/table"), help="where the units live (a re-run "
@@ -496,8 +498,9 @@ def command(args):
         bench_parse(args.train, args.repeats)
         return 0
     if args.bench == "table":
-        bench_table(PRESETS[args.preset].replace(device=args.device, pseudo=False), args.train, args.epochs,
-                    args.workdir, args.out)
+        cfg = PRESETS[args.preset].replace(device=args.device, pseudo=False)
+        bench_table(cfg.replace(backbones=args.backbones or cfg.backbones), args.train, args.epochs, args.workdir,
+                    args.out)
         return 0
     if args.bench == "budget":
         bench_budget(args.preset, args.device)

@@ -38,7 +38,9 @@ PROBE_STEPS = 3
 PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints (measured: about 10 s on FER2013)
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
-BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` shows
+PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
+BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
+BEFORE_PLAN_SECONDS = 60  # FER2013: reading the files, the shift check and the folds, before the plan is made
 
 
 # ---------------------------------------------------------------- speed, measured here
@@ -301,7 +303,8 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
                 cost = work.run_seconds(epochs, pseudo)
                 if cost > usable:
                     continue
-                oof = table.ensemble_oof(epochs) + (table.pseudo_gain if pseudo else 0.0) if known else None
+                gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
+                oof = table.ensemble_oof(epochs) + gain if known else None
                 score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
                 if best is None or score > best[0]:
                     best = (score, subset, epochs, pseudo, oof, cost)
@@ -316,7 +319,7 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
                               f"and no accuracy is predicted"]
     return Plan(budget, subset, epochs, pseudo, most,
                 {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
-                oof, singles, tuple(sorted(explicit & {"backbones", "epochs", "pseudo"})), notes)
+                oof, singles, tuple(sorted(explicit & set(PLANNED))), notes)
 
 
 def _epoch_choices(cfg, subset, explicit, table, known):
@@ -340,7 +343,7 @@ def _cannot_fit(cfg, explicit, work, table, budget, seconds_left):
     fixed_pseudo = "pseudo" in explicit or table.pseudo_gain is None
     need = work.run_seconds(smallest, cfg.pseudo and fixed_pseudo)
     minutes = (60 * budget - seconds_left + need + RESERVE_SECONDS) / 60 / (1 - SAFETY)
-    given = ", ".join(f"--{name}" for name in sorted(explicit & {"backbones", "epochs", "pseudo"}))
+    given = ", ".join(f"--{name}" for name in sorted(explicit & set(PLANNED)))
     what = f"with {given} as given, " if given else ""
     raise FerKaggleError(f"--budget {budget:g}: {what}the least this run can do ({_describe_models(smallest)}, "
                          f"{cfg.folds} folds) takes about {math.ceil(minutes)} minutes on this machine; give "
@@ -374,6 +377,25 @@ def describe(plan, work, how, finish_at):
                  f"{oof} (budget_table.json; `bash run.sh ... --budget 0` runs the preset as it is)")
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def curve(cfg, work, table, budgets=BUDGETS, before_plan=BEFORE_PLAN_SECONDS):
+    """[(minutes, the plan, or the reason nothing fits)] for each budget: what each buys on this machine."""
+    points = []
+    for minutes in budgets:
+        try:
+            points.append((minutes, make_plan(cfg, set(), work, table, 60 * minutes - before_plan, minutes)))
+        except FerKaggleError as exc:
+            points.append((minutes, str(exc)))
+    return points
+
+
+def work_for(cfg, train_rows, test_rows, speeds):
+    """The Work of a run of `cfg` on files of these sizes (each unit holds one fold out)."""
+    from .tta import views
+    held_out = -(-train_rows // cfg.folds)
+    return Work(cfg.folds, train_rows - held_out, held_out + test_rows, min(cfg.monitor_rows or held_out, held_out),
+                len(views(cfg.tta, cfg.crop)), test_rows, speeds)
 
 
 # ---------------------------------------------------------------- keeping to it

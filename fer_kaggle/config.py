@@ -58,7 +58,7 @@ class Config:
                                 "as one unit at a time uses them)")
     workers: int = setting(-1, "DataLoader workers of the host path (-1: none on a CPU, up to 8 on CUDA)")
     amp: str = setting("auto", "mixed precision: bf16 autocast, or fp16 autocast with a gradient scaler (auto: bf16 "
-                       "where the device runs it natively, fp16 on a CUDA GPU without bf16 such as Kaggle's P100 "
+                       "where the device runs it natively, fp16 on CUDA devices without bf16 such as Kaggle's P100 "
                        "and T4, else off)", ["auto", "bf16", "fp16", "off"])
     compile: bool = setting(False, "torch.compile the training model (pays on CUDA for long runs)")
     checkpoint_every: int = setting(1, "epochs between a unit's checkpoints (a stopped unit resumes from its "

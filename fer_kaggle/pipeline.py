@@ -300,10 +300,13 @@ def set_aside_old_demo(workdir):
     return aside
 
 
-def run(cfg, source, out, workdir, submissions, report_dir=None, explicit=frozenset()):
+def run(cfg, source, out, workdir, submissions, report_dir=None, explicit=None):
     """The whole run in `workdir`, holding its lock; returns (ensemble summary, submission path).
 
-    `explicit`: the settings the command line gave; a budget's plan keeps them as given."""
+    `explicit`: the settings the command line gave, which a budget's plan keeps as given; None (a caller
+    that built `cfg` itself): all of them, so a budget only checks that the work fits."""
+    if explicit is None:
+        explicit = set(budget.PLANNED)
     if source.train == inputs.DEMO_TRAIN:
         set_aside_old_demo(workdir)
     with RunFolder(workdir).lock() as folder:

@@ -9,7 +9,8 @@ Writes DIR/index.html and DIR/report.md (the same content) and DIR/*.png.
 Sections: models, training curves, confusion matrix, saliency and Grad-CAM, filters,
 DNN against CNN, ablations, pseudo-labelling, ensemble, the held-out test accuracy
 where the input carried test labels (marked: never used for a choice), and the train/test shift
-check with its histograms. A part the run lacks
+check with its histograms, and the time budget (the plan against what happened, and what each budget
+buys on this machine). A part the run lacks
 (no --ablation, no pseudo-labelling round) is named in its section, with the option to add.
 """
 import html
@@ -427,6 +428,58 @@ def shift_section(run, out):
 
 # ---------------------------------------------------------------- rendering
 
+def budget_section(run, out):
+    """The run's plan against what happened, and what each budget buys on this machine (a plot)."""
+    from . import budget
+    from .config import Config
+    section = Section("12. Time budget")
+    folder = RunFolder(run.workdir)
+    saved = budget._read_plan(folder.plan_json)
+    config = (folder.record() or {}).get("config")
+    if saved is None or config is None:
+        section.text("This run had no time budget (`--budget 0`, or made before budgets existed): the preset's "
+                     "work ran as it is. `--budget MINUTES` plans the work to the time.")
+        return section
+    plan = budget.Plan.from_json(saved["plan"])
+    rows = []
+    for model in folder.current_models():
+        epochs = [json.loads((d / FINISHED_FILE).read_text())["epochs"] for d in folder.unit_dirs(model)
+                  if is_finished(d)]
+        refits = sum(len(entry["refits"]) for name, entry in saved["units"].items() if name.startswith(model + "/"))
+        rows.append({"model": model, "planned epochs": plan.epochs[backbone_of(model)],
+                     "trained epochs per fold": ", ".join(map(str, epochs)), "ends moved": refits})
+    section.table(pd.DataFrame(rows))
+    achieved = run.result["blends"][run.result["kept"]]["oof_acc"]
+    predicted = f"{plan.oof:.3f}" if plan.oof is not None else "not predicted (no table for these backbones)"
+    section.text(f"Budget {plan.budget:g} minutes: predicted {sum(plan.seconds.values()) / 60:.1f} minutes and "
+                 f"ensemble OOF {predicted}; spent {saved['spent_seconds'] / 60:.1f} minutes (reading to submission"
+                 f"{'' if saved['finished'] else ', not finished'}), ensemble OOF {_pct(achieved)}.")
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    table = budget.Table.for_preset(cfg.preset)
+    if not all(table.knows(b) for b in cfg.backbones):
+        return section
+    speeds, how = budget.measure_speeds(cfg, cfg.backbones, run.train_images, run.labels, torch.device("cpu"))
+    test = folder.test_images()
+    work = budget.work_for(cfg, len(run.labels), len(test[0]) if test else 0, speeds)
+    points = [(m, p) for m, p in budget.curve(cfg, work, table) if not isinstance(p, str)]
+    fig, ax = _subplots(figsize=(7, 3.5))
+    ax.plot([m for m, _ in points], [p.oof for _, p in points], "o-")
+    for minutes, p in points:
+        ax.annotate(" + ".join(f"{b.removeprefix('fer_')} x{e}" for b, e in p.epochs.items())
+                    + (" +PL" if p.pseudo else ""), (minutes, p.oof), fontsize=7, xytext=(4, -10),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ticks = [m for m, _ in points]
+    ax.set_xticks(ticks, [str(m) for m in ticks])
+    ax.set_xlabel("budget (minutes)")
+    ax.set_ylabel("predicted ensemble OOF")
+    _save(fig, out / "budget.png")
+    section.text(f"What each budget would buy with preset {cfg.preset} on this machine, {budget.machine_name()} "
+                 f"(speeds: {how}), predicted from the measured table budget_table.json:")
+    section.figure(out / "budget.png", f"Predicted ensemble OOF against the budget, preset {cfg.preset}, this machine")
+    return section
+
+
 def _markdown_table(frame):
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
@@ -511,7 +564,7 @@ def build(workdir, out, layer=None, per_class=1):
 
 
 def _sections(run, out, layer, per_class):
-    with tqdm(total=11, desc="report", disable=None) as bar:
+    with tqdm(total=12, desc="report", disable=None) as bar:
         def step(section):
             bar.update()
             return section
@@ -521,7 +574,7 @@ def _sections(run, out, layer, per_class):
         sections.append(step(section))
         sections += [step(filters_section(out, explained, layer)), step(dnn_section(run, out)),
                      step(ablation_section(run)), step(pseudo_section(run, out)), step(ensemble_section(run, out)),
-                     step(heldout_section(run)), step(shift_section(run, out))]
+                     step(heldout_section(run)), step(shift_section(run, out)), step(budget_section(run, out))]
     return sections
 
 

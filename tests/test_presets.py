@@ -51,7 +51,7 @@ def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_pa
     """The preset's whole pipeline (one epoch, on 2,400 rows): folds, units (one at a time, or two side by
     side in the local process pool), TTA, ensemble, submission."""
     out = tmp_path / "out.csv"
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1",
+    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
                           "--parallel-units", str(parallel_units),
                           "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])
     assert code == 0

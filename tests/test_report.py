@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
             "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
-            "10. Held-out test accuracy", "11. Train against test: the shift check"]
+            "10. Held-out test accuracy", "11. Train against test: the shift check", "12. Time budget"]
 
 
 def _head(name, rows, path):
@@ -174,3 +174,11 @@ def test_per_unit_accuracies_equal_the_unit_files(built):
     for path in run_dir.glob("round*/*/fold*/metrics.json"):
         metrics = json.loads(path.read_text())
         assert f"| {metrics['unit']} | {round(metrics['valid_acc'], 4)} | {metrics['train_rows']} |" in markdown
+
+
+def test_budget_section_compares_the_plan_with_what_happened(built):
+    run_dir, out = built
+    saved = json.loads((run_dir / "plan.json").read_text())
+    section = (out / "report.md").read_text().split("## 12. Time budget")[1]
+    assert f"Budget {saved['plan']['budget']:g} minutes" in section and f"spent {saved['spent_seconds'] / 60:.1f}" in section
+    assert "budget.png" in section and (out / "budget.png").exists()
