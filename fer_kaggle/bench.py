@@ -345,16 +345,17 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out):
     print(f"wrote {out} ({platform.node()})")
 
 
-def bench_budget(preset, device_choice):
+def bench_budget(preset, device_choice, amp="auto"):
     """What each budget buys on this machine: the plan and its predicted OOF for FER2013's full files."""
     from .budget import Table, curve, machine_name, measure_speeds, work_for
-    cfg = PRESETS[preset].replace(device=device_choice)
+    cfg = PRESETS[preset].replace(device=device_choice, amp=amp)
     device = resolve_device(cfg.device)
     images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes are FER2013's
     speeds, how = measure_speeds(cfg, cfg.backbones, images, labels, device)
     work = work_for(cfg, FER2013_TRAIN_ROWS, FER2013_TEST_ROWS, speeds)
+    dtype = str(autocast_dtype(cfg.amp, device) or torch.float32).removeprefix("torch.")
     print(f"what a budget buys with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
-          f"{FER2013_TEST_ROWS:,} test rows), on {machine_name()}; speeds: {how}")
+          f"{FER2013_TEST_ROWS:,} test rows), on {machine_name()}, {dtype}; speeds: {how}")
     for backbone, speed in speeds.items():
         print(f"  {backbone}: {work.epoch_seconds(backbone):.1f} s an epoch, {work.predict_seconds(backbone):.0f} s "
               f"of TTA a unit ({1 / speed.train:,.0f} training images/s)")
@@ -461,6 +462,8 @@ def add_arguments(parser):
                                    "plan and its predicted OOF, for the full FER2013 files")
     budget_parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     budget_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    budget_parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                               help="off: float32, as on a CPU without native bf16 (most laptops)")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     gpu = sub.add_parser("gpu", help="the GPU self-check (about 2 minutes): augmentation paths, syncs per step, a "
@@ -503,7 +506,7 @@ def command(args):
                     args.out)
         return 0
     if args.bench == "budget":
-        bench_budget(args.preset, args.device)
+        bench_budget(args.preset, args.device, args.amp)
         return 0
     if args.bench == "recipe":
         cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,

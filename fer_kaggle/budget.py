@@ -518,13 +518,19 @@ SESSION_FIELDS = ("time_limit", "workers", "parallel_units", "executor", "ray_ad
 def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, elapsed, fingerprints):
     """(cfg with the plan's backbones and pseudo-labelling, Session) for a budgeted run; (cfg, None) without.
 
-    `units_of(cfg, plan)`: every unit of the run under a plan (round 0 and round 1), for the Keeper.
+    `units_of(cfg, plan)`: the run's units still to train under a plan (rounds 0 and 1): the Keeper shares
+    the time left among them.
     `elapsed`: seconds this session has spent before planning (reading, the shift check, the folds).
     """
     if cfg.plan:
-        return _replay(cfg, Path(cfg.plan), plan_path, units_of)
+        return _replay(cfg, Path(cfg.plan), plan_path)
     if not cfg.budget:
         return cfg, None
+    called = time.monotonic()
+
+    def spent_here():  # this session's seconds so far, the speed probe's included
+        return elapsed + time.monotonic() - called
+
     request = request_of(cfg, fingerprints)
     stored = _read_plan(plan_path)
     if stored and stored.get("request") == request:
@@ -535,17 +541,18 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         work, _ = _work(cfg, plan.backbones, arrays, device)
     else:
         work, how = _work(cfg, cfg.backbones, arrays, device)
-        plan = make_plan(cfg, set(explicit), work, Table.for_preset(cfg.preset), 60 * cfg.budget - elapsed, cfg.budget)
+        plan = make_plan(cfg, set(explicit), work, Table.for_preset(cfg.preset), 60 * cfg.budget - spent_here(),
+                         cfg.budget)
         record, spent_before = {}, 0.0
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
-    end = time.monotonic() + 60 * cfg.budget - spent_before - elapsed
+    end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
     pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
     if pace is None:
         print("budget: planned, but kept only by the one-at-a-time executor: with --parallel-units or "
               "--executor ray each unit trains its planned epochs")
         pace = Replay(record)
-    session = Session(plan_path, request, plan, pace, record, spent_before + elapsed)
+    session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
     session.save()
     return cfg, session
 
@@ -571,7 +578,7 @@ def _read_plan(path):
         return None
 
 
-def _replay(cfg, source, plan_path, units_of):
+def _replay(cfg, source, plan_path):
     """`--plan FILE`: the plan and the epochs each unit trained as an earlier run recorded them, no timing."""
     stored = _read_plan(source)
     if not stored or "plan" not in stored:

@@ -248,10 +248,6 @@ def run_units(cfg, device, fingerprints, plan=None):
     return round0, round1
 
 
-def _all_units(rounds):
-    return [unit for units in rounds for unit in units]
-
-
 def _train_units(cfg, units, folder, executor, device, deadline, arrays):
     """Train `units` (all from the train rows: the ablations), however the executor runs them."""
     todo = _todo(units, folder.path, executor)
@@ -349,9 +345,12 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
     fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
                     runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
     arrays = RunArrays(train_x, train_y, folds, test_ids, test_x)
-    cfg, session = budget.plan_run(
-        cfg, explicit, folder.plan_json, arrays, device, lambda c, plan: _all_units(run_units(c, device, fingerprints, plan)),
-        isinstance(executor, Sequential), time.perf_counter() - started, fingerprints)
+    def units_to_train(cfg, plan):  # the units the budget's time is shared among: finished ones cost nothing
+        return [unit for round_ in run_units(cfg, device, fingerprints, plan) for unit in round_
+                if not is_finished(unit.dir(workdir))]
+
+    cfg, session = budget.plan_run(cfg, explicit, folder.plan_json, arrays, device, units_to_train,
+                                   isinstance(executor, Sequential), time.perf_counter() - started, fingerprints)
     rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
     models = rounds.teachers + rounds.students
     folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,
