@@ -387,7 +387,8 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
         from . import report  # matplotlib, captum and torchinfo load only when a report is asked for
         report.build(workdir, report_dir)
         print(f"report: {report_dir / 'index.html'} (and report.md)")
-    print(f"total time: {time.perf_counter() - started:.0f} s")
+    print(f"total time: {time.perf_counter() - started:.0f} s"
+          + (f"; budget {cfg.budget:g} minutes, {session.spent() / 60:.1f} used" if session else ""))
     return summary, path
 
 
