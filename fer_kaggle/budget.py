@@ -165,7 +165,7 @@ class Table:
 
     Between measured epochs it interpolates linearly in log(epochs); below the fewest it falls to chance
     (1/7 at 0 epochs, linearly); above the most it stays flat, so the plan never counts on a gain nobody
-    measured. A blend's gain over its best member is the measured one at the weaker member's epochs.
+    measured. A blend's gain over its best member counts only with both at the same epochs, as measured.
     """
 
     def __init__(self, entry):
@@ -190,7 +190,7 @@ class Table:
         return _interpolate(self.models[backbone], epochs)
 
     def blend_gain(self, pair, epochs):
-        """Measured blend accuracy over its best member's, at `epochs` for both (0 where not measured)."""
+        """Measured blend accuracy over its best member's with both at `epochs` (interpolated; 0 below 0)."""
         measured = self.blends.get(tuple(pair)) or self.blends.get(tuple(reversed(pair)))
         if not measured:
             return 0.0
@@ -202,8 +202,10 @@ class Table:
         """Predicted ensemble OOF of models {backbone: epochs} (all known to the table)."""
         singles = {b: self.oof(b, e) for b, e in epochs.items()}
         best = max(singles.values())
-        gain = max((self.blend_gain(pair, min(epochs[b] for b in pair))
-                    for pair in itertools.combinations(epochs, 2)), default=0.0)
+        # a blend's gain is measured with both members at the same epochs: counted only there (a member
+        # trained far less than the other adds little that was measured)
+        gain = max((self.blend_gain(pair, epochs[pair[0]]) for pair in itertools.combinations(epochs, 2)
+                    if epochs[pair[0]] == epochs[pair[1]]), default=0.0)
         return best + gain
 
 
@@ -526,6 +528,10 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         return _replay(cfg, Path(cfg.plan), plan_path)
     if not cfg.budget:
         return cfg, None
+    if not sequential:
+        print(f"budget: not planned: units run side by side ({'--executor ray' if cfg.executor == 'ray' else '--parallel-units'}), "
+              f"and the plan's clock counts one unit at a time; the preset's work runs as it is")
+        return cfg, None
     called = time.monotonic()
 
     def spent_here():  # this session's seconds so far, the speed probe's included
@@ -547,11 +553,7 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
-    pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
-    if pace is None:
-        print("budget: planned, but kept only by the one-at-a-time executor: with --parallel-units or "
-              "--executor ray each unit trains its planned epochs")
-        pace = Replay(record)
+    pace = Keeper(plan, work, units_of(cfg, plan), end, record)
     session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
     session.save()
     return cfg, session

@@ -64,6 +64,23 @@ def test_more_minutes_never_predict_less_accuracy_and_every_plan_fits():
         assert plan.seconds["units"] <= 60 * minutes
 
 
+def test_a_second_backbone_gets_time_only_where_its_blend_was_measured_to_pay():
+    """fer_resnet_cpu's blend with fer_vgg_cpu never beat fer_vgg_cpu alone in the table: no plan trains it.
+    The demo's tiny pair did gain at 3 epochs each: a plan may pair them, but only at equal epochs (a member
+    trained an epoch beside one trained 18 is not what was measured)."""
+    for slower in (1, 4.7):
+        for minutes in budget.BUDGETS:
+            plan = make_plan(CPU, set(), fer2013_work(slower), Table.for_preset("cpu"), 60 * minutes, minutes)
+            assert plan.backbones == ("fer_vgg_cpu",)
+    demo = PRESETS["demo"]
+    for seconds in (20, 40, 90, 180):
+        speeds = {b: Speed(seconds * 1e-5, 1e-6) for b in demo.backbones}
+        work = Work(folds=3, train_rows=1600, predict_rows=800 + 400, monitor_rows=800, views=2, test_rows=400,
+                    speeds=speeds)
+        plan = make_plan(demo, set(), work, Table.for_preset("demo"), 180, 3)
+        assert len(set(plan.epochs.values())) == 1, plan.epochs
+
+
 def test_explicit_epochs_and_backbones_are_kept_and_a_plan_that_cannot_fit_says_so():
     table, work = Table.for_preset("cpu"), fer2013_work()
     cfg = CPU.replace(epochs=7, backbones=("fer_resnet_cpu",))
@@ -224,7 +241,9 @@ def _trained_epochs(workdir):
     return sorted(json.loads(p.read_text())["epochs"] for p in Path(workdir).glob("round0/*/fold*/metrics.json"))
 
 
-def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it(tmp_path, capsys, small_files):
+def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it(tmp_path, capsys, small_files,
+                                                                                monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # its own speed cache: it slows it below
     code, out, captured = _run(tmp_path, capsys, small_files, "run", "--budget", "2", "--time-limit", "0.0001")
     assert code == 3, captured.err[-2000:]
     assert "plan for --budget 2 minutes" in captured.out and "predicted:" in captured.out
