@@ -528,10 +528,6 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         return _replay(cfg, Path(cfg.plan), plan_path)
     if not cfg.budget:
         return cfg, None
-    if not sequential:
-        print(f"budget: not planned: units run side by side ({'--executor ray' if cfg.executor == 'ray' else '--parallel-units'}), "
-              f"and the plan's clock counts one unit at a time; the preset's work runs as it is")
-        return cfg, None
     called = time.monotonic()
 
     def spent_here():  # this session's seconds so far, the speed probe's included
@@ -553,7 +549,11 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
-    pace = Keeper(plan, work, units_of(cfg, plan), end, record)
+    pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
+    if pace is None:
+        print("budget: planned, but kept only by the one-at-a-time executor: with --parallel-units or "
+              "--executor ray each unit trains its planned epochs")
+        pace = Replay(record)
     session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
     session.save()
     return cfg, session
