@@ -115,6 +115,7 @@ def _read_cache(path):
 def _time_backbone(cfg, backbone, images, labels, device):
     """Real training steps of `backbone` (the run's batches, augmentation, dtype, optimizer) and real
     single-view predictions, timed after two untimed steps (kernel selection, allocator)."""
+    from .bench import _sync
     from .train import make_batches, make_step
     from .tta import predict_views
     rows = np.random.default_rng(0).permutation(len(images))[:PROBE_ROWS]
@@ -151,11 +152,6 @@ def _time_backbone(cfg, backbone, images, labels, device):
         _sync(device)
     torch.set_rng_state(rng_state)
     return Speed(train=train, infer=(time.perf_counter() - begun) / len(eval_images))
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------- what epochs buy: the measured table
