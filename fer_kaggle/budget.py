@@ -39,6 +39,7 @@ PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a sh
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints (measured: about 10 s on FER2013)
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
 PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
+KEPT = ("tta",)           # a setting the Keeper may lower when the run falls behind (fewer views), unless given
 BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
 BEFORE_PLAN_SECONDS = 60  # FER2013: reading the files, the shift check and the folds, before the plan is made
 
@@ -230,6 +231,7 @@ class Work:
     views: int           # TTA views per predicted row
     test_rows: int
     speeds: dict         # {backbone: Speed}
+    fewest_views: int = 2  # the fewest TTA views the Keeper may cut a unit's prediction to (tta.fewest_views)
 
     def epoch_seconds(self, backbone, student=False):
         rows = self.train_rows + (round(PSEUDO_SHARE * self.test_rows) if student else 0)
@@ -317,7 +319,7 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
                               f"and no accuracy is predicted"]
     return Plan(budget, subset, epochs, pseudo, most,
                 {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
-                oof, singles, tuple(sorted(explicit & set(PLANNED))), notes)
+                oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes)
 
 
 def _epoch_choices(cfg, subset, explicit, table, known):
@@ -388,12 +390,13 @@ def curve(cfg, work, table, budgets=BUDGETS, before_plan=BEFORE_PLAN_SECONDS):
     return points
 
 
-def work_for(cfg, train_rows, test_rows, speeds):
-    """The Work of a run of `cfg` on files of these sizes (each unit holds one fold out)."""
-    from .tta import views
-    held_out = -(-train_rows // cfg.folds)
+def work_for(cfg, train_rows, test_rows, speeds, held_out=None):
+    """The Work of a run of `cfg` on files of these sizes (each unit holds one fold out: `held_out` rows,
+    by default the largest fold of an even split)."""
+    from .tta import fewest_views, views
+    held_out = -(-train_rows // cfg.folds) if held_out is None else held_out
     return Work(cfg.folds, train_rows - held_out, held_out + test_rows, min(cfg.monitor_rows or held_out, held_out),
-                len(views(cfg.tta, cfg.crop)), test_rows, speeds)
+                len(views(cfg.tta, cfg.crop)), test_rows, speeds, fewest_views(cfg.tta))
 
 
 # ---------------------------------------------------------------- keeping to it
@@ -403,9 +406,11 @@ class Keeper:
 
     When a unit starts it gets its share of the time left (its planned cost over that of every unit not yet
     finished, at the speed measured so far), as epochs: fewer when the machine turned out slower (a busy
-    laptop), more up to the table's most when faster. After each epoch, if the unit's epochs no longer fit
-    its share, it ends earlier and its LR schedule is refitted to reach 0 there. Epochs the command line
-    gave are never changed. `record` collects what it decided (plan.json), so the run can be replayed.
+    laptop), more up to the table's most when faster. The share never eats into the least the other units
+    need (an epoch and their fewest TTA views each). After each epoch, if the unit's epochs no longer fit
+    its share, it ends earlier and its LR schedule is refitted to reach 0 there; if its prediction still
+    does not fit, it predicts with fewer TTA views. Settings the command line gave are never changed.
+    `record` collects what it decided (plan.json), so the run can be replayed.
     """
 
     def __init__(self, plan, work, units, end, record):
@@ -414,26 +419,33 @@ class Keeper:
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.unit_end = None
 
-    def _epoch_seconds(self, unit):
-        predicted = self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
-        ratio = self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
-        return predicted * ratio
+    def _slowness(self, unit):
+        return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
 
-    def _predict_seconds(self, unit):
-        return self.work.predict_seconds(unit.backbone) * self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
+    def _epoch_seconds(self, unit):
+        return self.work.epoch_seconds(unit.backbone, student=unit.round == 1) * self._slowness(unit)
+
+    def _predict_seconds(self, unit, views=None):
+        every = self.work.predict_seconds(unit.backbone) * self._slowness(unit)
+        return every if views is None else every * views / self.work.views
 
     def _cost(self, unit, epochs):
         return epochs * self._epoch_seconds(unit) + self._predict_seconds(unit)
+
+    def _least(self, unit):
+        """What a unit cannot do without: one epoch, and its prediction with the fewest views."""
+        fewest = "tta" not in self.plan.explicit and min(self.work.views, self.work.fewest_views)
+        return self._epoch_seconds(unit) + self._predict_seconds(unit, fewest or None)
 
     def start(self, unit, planned, done):
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
             return planned
         left = self.end - time.monotonic() - RESERVE_SECONDS
-        others = sum(self._cost(u, self.plan.epochs[u.backbone]) for name, u in self.pending.items()
-                     if name != unit.name)
+        others = [u for name, u in self.pending.items() if name != unit.name]
         mine = self._cost(unit, planned - done)
-        share = left * mine / max(1e-9, mine + others)
+        share = left * mine / max(1e-9, mine + sum(self._cost(u, self.plan.epochs[u.backbone]) for u in others))
+        share = min(share, left - sum(self._least(u) for u in others))
         self.unit_end = time.monotonic() + share
         if done:
             return planned  # its schedule is under way: after_epoch moves its end if it must
@@ -456,6 +468,17 @@ class Keeper:
             entry["refits"].append([epoch, wanted])
         return wanted
 
+    def views(self, unit, every):
+        """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
+        if "tta" in self.plan.explicit or self.unit_end is None or every <= 1:
+            return every
+        per_view = self._predict_seconds(unit) / self.work.views
+        fits = math.floor((self.unit_end - time.monotonic()) / max(1e-9, per_view))
+        count = max(min(every, self.work.fewest_views), min(every, fits))
+        if count < every:
+            self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
+        return count
+
     def finished(self, unit):
         self.pending.pop(unit.name, None)
 
@@ -473,6 +496,9 @@ class Replay:
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
         entry = self.record.get(unit.name) or {"refits": []}
         return next((wanted for at, wanted in entry["refits"] if at == epoch), planned)
+
+    def views(self, unit, every):
+        return (self.record.get(unit.name) or {}).get("views", every)
 
     def finished(self, unit):
         pass
@@ -556,14 +582,10 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
 
 
 def _work(cfg, backbones, arrays, device):
-    from .tta import views
     folds = np.asarray(arrays.folds)
     held_out = int(np.max(np.bincount(folds[folds >= 0]))) if (folds >= 0).any() else 0
     speeds, how = measure_speeds(cfg, backbones, arrays.train_images, arrays.train_labels, device)
-    monitor = min(cfg.monitor_rows or held_out, held_out)
-    work = Work(cfg.folds, len(folds) - held_out, held_out + len(arrays.test_ids), monitor,
-                len(views(cfg.tta, cfg.crop)), len(arrays.test_ids), speeds)
-    return work, how
+    return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out), how
 
 
 def _read_plan(path):

@@ -350,8 +350,12 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
         if stopping:
             raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch} of {planned}")
 
+    # a budgeted unit behind its time predicts with fewer TTA views (never fewer than the plain image and its flip)
+    count = every = len(tta.views(cfg.tta, cfg.crop))
+    if pace is not None and (count := pace.views(unit, every)) < every:
+        tqdm.write(f"{unit.name}: {count} TTA views instead of {every}, to keep to the budget")
     return _predict_and_save(cfg, unit, unit_dir, step.eval_model(), valid_x, valid_y, data, eval_pipe, device,
-                             amp_dtype, history)
+                             amp_dtype, history, count)
 
 
 def _repace(pace, unit, step, epoch, planned, history, steps_per_epoch, line):
@@ -485,10 +489,11 @@ def _accuracy(probs, labels):
 
 
 def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_pipe, device, amp_dtype,
-                      history):
-    oof_views = predict_views(model, valid_x, cfg.tta, device, amp_dtype=amp_dtype, crop=cfg.crop, logits=True)
+                      history, count=None):
+    oof_views = predict_views(model, valid_x, cfg.tta, device, amp_dtype=amp_dtype, crop=cfg.crop, logits=True,
+                              count=count)
     test_views = predict_views(model, augment.to_tensor(data.test_images, eval_pipe), cfg.tta, device,
-                               amp_dtype=amp_dtype, crop=cfg.crop, logits=True)
+                               amp_dtype=amp_dtype, crop=cfg.crop, logits=True, count=count)
     oof, oof_logit = tta.average(oof_views, "prob"), tta.average(oof_views, "logit")
     oof_plain = oof_views[0].softmax(-1)
     save_npz(unit_dir / runfolder.OOF_FILE, rows=data.valid_rows, probs=oof.numpy(), probs_logit=oof_logit.numpy(),
@@ -497,7 +502,7 @@ def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_p
              probs_logit=tta.average(test_views, "logit").numpy(), probs_plain=test_views[0].softmax(-1).numpy())
     metrics = {"unit": unit.name, "valid_acc": _accuracy(oof, valid_y),
                "valid_acc_logit": _accuracy(oof_logit, valid_y),
-               "valid_acc_plain": _accuracy(oof_plain, valid_y), "tta": cfg.tta,
+               "valid_acc_plain": _accuracy(oof_plain, valid_y), "tta": cfg.tta, "tta_views": len(oof_views),
                "epochs": len(history), "train_seconds": sum(row["seconds"] for row in history),
                "train_rows": len(data.train_images), "valid_rows": len(data.valid_rows)}
     write_json(unit_dir / runfolder.FINISHED_FILE, metrics)

@@ -17,15 +17,27 @@ TTA_CHOICES = ("none", "flip", "flip_shift", "ten_crop")
 SPACES = ("prob", "logit")
 
 
-def views(tta, crop=0):
-    """[(flip, (dy, dx))] of a TTA choice; offsets are pixels, or multiples of the margin for ten_crop."""
+def views(tta, crop=0, count=None):
+    """[(flip, (dy, dx))] of a TTA choice; offsets are pixels, or multiples of the margin for ten_crop.
+
+    `count`: only that many (a budgeted run behind its time): the plain view and its flip first, then
+    each further offset with its flip, so view 0 stays the plain image.
+    """
     if tta not in TTA_CHOICES:
         raise ValueError(f"unknown TTA '{tta}'; choose one of {', '.join(TTA_CHOICES)}")
     if tta == "ten_crop" and not crop:
         raise ValueError("ten-crop TTA needs a model trained on crops: add --crop, e.g. --crop 44")
     offsets = {"none": [(0, 0)], "flip": [(0, 0)], "flip_shift": _SHIFTS, "ten_crop": _CORNERS}[tta]
     flips = (False,) if tta == "none" else (False, True)
-    return [(flip, offset) for flip in flips for offset in offsets]
+    every = [(flip, offset) for flip in flips for offset in offsets]
+    if count is None or count >= len(every):
+        return every
+    return [(flip, offset) for offset in offsets for flip in flips][:max(1, count)]
+
+
+def fewest_views(tta):
+    """The fewest views a budget may cut a TTA choice to: the plain image and its flip (one without TTA)."""
+    return 1 if tta == "none" else 2
 
 
 def view(batch, flip, offset, crop=0, ten_crop=False):
@@ -48,10 +60,11 @@ def view(batch, flip, offset, crop=0, ten_crop=False):
 
 
 @torch.no_grad()
-def predict_views(model, images, tta, device, batch_size=256, amp_dtype=None, crop=0, logits=False):
-    """float32 tensor (views, N, 7) of softmax probabilities (or logits); view 0 is the plain image."""
+def predict_views(model, images, tta, device, batch_size=256, amp_dtype=None, crop=0, logits=False, count=None):
+    """float32 tensor (views, N, 7) of softmax probabilities (or logits); view 0 is the plain image.
+    `count`: the first that many views only (see `views`)."""
     model.eval()
-    chosen = views(tta, crop)
+    chosen = views(tta, crop, count)
     out = torch.empty(len(chosen), len(images), model.num_classes)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
