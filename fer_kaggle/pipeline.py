@@ -302,7 +302,7 @@ def run(cfg, source, out, workdir, submissions, report_dir=None, explicit=None):
     `explicit`: the settings the command line gave, which a budget's plan keeps as given; None (a caller
     that built `cfg` itself): all of them, so a budget only checks that the work fits."""
     if explicit is None:
-        explicit = set(budget.PLANNED)
+        explicit = {*budget.PLANNED, *budget.KEPT}
     if source.train == inputs.DEMO_TRAIN:
         set_aside_old_demo(workdir)
     with RunFolder(workdir).lock() as folder:
