@@ -232,6 +232,7 @@ class Work:
     test_rows: int
     speeds: dict         # {backbone: Speed}
     fewest_views: int = 2  # the fewest TTA views the Keeper may cut a unit's prediction to (tta.fewest_views)
+    side_by_side: int = 1  # units running at once at the measured speed (one per GPU on a several-GPU machine)
 
     def epoch_seconds(self, backbone, student=False):
         rows = self.train_rows + (round(PSEUDO_SHARE * self.test_rows) if student else 0)
@@ -245,9 +246,22 @@ class Work:
         return epochs * self.epoch_seconds(backbone, student) + self.predict_seconds(backbone)
 
     def run_seconds(self, epochs, pseudo):
-        """Training and prediction of every unit of models {backbone: epochs}, with or without students."""
-        return self.folds * sum(self.unit_seconds(b, e) + (self.unit_seconds(b, e, True) if pseudo else 0)
-                                for b, e in epochs.items())
+        """Training and prediction of every unit of models {backbone: epochs}, with or without students:
+        round by round (students wait for every teacher), each unit, longest first, on the device free first."""
+        rounds = [[self.unit_seconds(b, e)] * self.folds for b, e in epochs.items()]
+        rounds = [sum(rounds, [])] + ([[self.unit_seconds(b, e, True) for b, e in epochs.items()
+                                        for _ in range(self.folds)]] if pseudo else [])
+        return sum(_makespan(units, self.side_by_side) for units in rounds)
+
+
+def _makespan(seconds, devices):
+    """When the last of units taking `seconds` ends, each started on the device that is free first."""
+    if devices <= 1:
+        return sum(seconds)
+    ends = [0.0] * devices
+    for unit in sorted(seconds, reverse=True):
+        ends[ends.index(min(ends))] += unit
+    return max(ends)
 
 
 @dataclass
@@ -369,6 +383,9 @@ def describe(plan, work, how, finish_at):
         lines.append(f"  {'pseudo-labelling':<18} a student per unit       {minutes:6.1f} min")
     else:
         lines.append(f"  {'pseudo-labelling':<18} no")
+    if work.side_by_side > 1:
+        lines.append(f"  {work.side_by_side} units at a time, one per GPU: the parts above take "
+                     f"{plan.seconds['units'] / 60:.1f} min of the clock")
     lines.append(f"  reading, shift check and folds: {plan.seconds['spent'] / 60:.1f} min so far; the ensemble and "
                  f"the submission {plan.seconds['reserve'] / 60:.1f} min")
     total = plan.seconds["spent"] + plan.seconds["units"] + plan.seconds["reserve"]
@@ -390,13 +407,13 @@ def curve(cfg, work, table, budgets=BUDGETS, before_plan=BEFORE_PLAN_SECONDS):
     return points
 
 
-def work_for(cfg, train_rows, test_rows, speeds, held_out=None):
+def work_for(cfg, train_rows, test_rows, speeds, held_out=None, side_by_side=1):
     """The Work of a run of `cfg` on files of these sizes (each unit holds one fold out: `held_out` rows,
     by default the largest fold of an even split)."""
     from .tta import fewest_views, views
     held_out = -(-train_rows // cfg.folds) if held_out is None else held_out
     return Work(cfg.folds, train_rows - held_out, held_out + test_rows, min(cfg.monitor_rows or held_out, held_out),
-                len(views(cfg.tta, cfg.crop)), test_rows, speeds, fewest_views(cfg.tta))
+                len(views(cfg.tta, cfg.crop)), test_rows, speeds, fewest_views(cfg.tta), side_by_side)
 
 
 # ---------------------------------------------------------------- keeping to it
@@ -539,11 +556,12 @@ SESSION_FIELDS = ("time_limit", "workers", "parallel_units", "executor", "ray_ad
                   "compile", "monitor_rows", "report", "strict_shift")
 
 
-def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, elapsed, fingerprints):
+def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, elapsed, fingerprints, side_by_side=1):
     """(cfg with the plan's backbones and pseudo-labelling, Session) for a budgeted run; (cfg, None) without.
 
     `units_of(cfg, plan)`: the run's units still to train under a plan (rounds 0 and 1): the Keeper shares
-    the time left among them.
+    the time left among them. `sequential`: units one at a time here, so the Keeper can keep the plan;
+    `side_by_side`: units the executor runs at once at the measured speed (one per GPU), as planned.
     `elapsed`: seconds this session has spent before planning (reading, the shift check, the folds).
     """
     if cfg.plan:
@@ -562,9 +580,9 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         print(f"budget: the same command again: continuing its plan ({_describe_models(plan.epochs)}"
               f"{', pseudo-labels' if plan.pseudo else ''}); {spent_before / 60:.1f} of {cfg.budget:g} minutes "
               f"spent in earlier sessions")
-        work, _ = _work(cfg, plan.backbones, arrays, device)
+        work, _ = _work(cfg, plan.backbones, arrays, device, side_by_side)
     else:
-        work, how = _work(cfg, cfg.backbones, arrays, device)
+        work, how = _work(cfg, cfg.backbones, arrays, device, side_by_side)
         plan = make_plan(cfg, set(explicit), work, Table.for_preset(cfg.preset), 60 * cfg.budget - spent_here(),
                          cfg.budget)
         record, spent_before = {}, 0.0
@@ -573,19 +591,19 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
     pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
     if pace is None:
-        print("budget: planned, but kept only by the one-at-a-time executor: with --parallel-units or "
-              "--executor ray each unit trains its planned epochs")
+        print("budget: planned, but kept only by the one-at-a-time executor: with several GPUs, --parallel-units "
+              "or --executor ray each unit trains its planned epochs")
         pace = Replay(record)
     session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
     session.save()
     return cfg, session
 
 
-def _work(cfg, backbones, arrays, device):
+def _work(cfg, backbones, arrays, device, side_by_side):
     folds = np.asarray(arrays.folds)
     held_out = int(np.max(np.bincount(folds[folds >= 0]))) if (folds >= 0).any() else 0
     speeds, how = measure_speeds(cfg, backbones, arrays.train_images, arrays.train_labels, device)
-    return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out), how
+    return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out, side_by_side), how
 
 
 def _read_plan(path):

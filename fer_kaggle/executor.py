@@ -4,6 +4,8 @@
     LocalPool    `--parallel-units N`: N units at a time, each in a spawned process with cores // N
                  torch threads (small CPU models use one thread each about as well as one model uses two:
                  BENCHMARKS.md measures it)
+    DevicePool   a machine with several CUDA GPUs (Kaggle's two T4s): one unit per GPU at a time, each in a
+                 spawned process, without Ray (the default there; `--device cuda:N` keeps to one GPU)
     RayCluster   `--executor ray`: each unit a Ray task, one GPU per unit where the cluster has GPUs, else
                  a set number of CPU threads; a local Ray instance, or the cluster at --ray-address /
                  RAY_ADDRESS. The run folder must be on storage every node shares (checked at the start,
@@ -23,6 +25,7 @@ which test rows it adds with which targets. A unit writes only its own folder, a
 its last checkpoint, and hands back a finished unit as it is: any executor can be stopped and resumed,
 and a task that Ray runs twice (a node died) does no harm.
 """
+import dataclasses
 import multiprocessing
 import os
 import socket
@@ -248,6 +251,32 @@ class LocalPool(Slots):
         # An error, the time limit or Ctrl-C: the running units stop at their next epoch end (the
         # deadline) or now (Ctrl-C: the signal reaches the workers too), their finished epochs saved.
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DevicePool(LocalPool):
+    """One unit per device at a time, each in a spawned process: a unit launched takes a free device and
+    gives it back when it ends, so no two running units share one."""
+
+    def __init__(self, devices, threads):
+        super().__init__(len(devices), threads)
+        self.devices, self.free = list(devices), list(devices)
+        self.description = f"one unit per GPU at a time on {', '.join(devices)}, {_threads(threads)} each"
+
+    def launch(self, job):
+        device = self.free.pop(0)
+        future = self.pool.submit(_pool_job, dataclasses.replace(job, device=device), self.deadline)
+        future.device = device
+        return future
+
+    def result(self, future, job):
+        self.free.append(future.device)
+        metrics, seconds, where = future.result()
+        return metrics, seconds, f"{where} on {future.device}"
+
+
+def cuda_devices():
+    """The CUDA GPUs torch sees here (CUDA_VISIBLE_DEVICES narrows them), as device names."""
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
 # ---------------------------------------------------------------- Ray
@@ -483,14 +512,17 @@ def _cause(exc):
 
 
 def make_executor(cfg, workdir):
-    """The executor of `cfg`, its `device` set: Ray where asked (its device is the cluster's), else
-    Sequential for one unit at a time or on a GPU (one device: units would only queue for it), else a
-    local pool."""
+    """The executor of `cfg`, its `device` set: Ray where asked (its device is the cluster's), else a
+    DevicePool on a machine with several GPUs (unless --device names one), else Sequential for one unit at
+    a time or on one GPU (units would only queue for it), else a local pool."""
     threads = cfg.unit_threads or max(1, machine_cores() // max(1, cfg.parallel_units))
     if cfg.executor == "ray":
         return RayCluster(cfg.ray_address or os.environ.get("RAY_ADDRESS", ""), threads, workdir, cfg.device)
     device = train.resolve_device(cfg.device)
-    if cfg.parallel_units <= 1 or device.type != "cpu":
+    gpus = cuda_devices() if device.type == "cuda" and device.index is None else []
+    if len(gpus) > 1:
+        executor = DevicePool(gpus, cfg.unit_threads or max(1, machine_cores() // len(gpus)))
+    elif cfg.parallel_units <= 1 or device.type != "cpu":
         executor = Sequential(cfg.unit_threads or None)
     else:
         executor = LocalPool(cfg.parallel_units, threads)

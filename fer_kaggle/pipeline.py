@@ -24,7 +24,7 @@ from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError
-from .executor import Job, PseudoRows, RunArrays, Sequential, make_executor
+from .executor import DevicePool, Job, PseudoRows, RunArrays, Sequential, make_executor
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
 from .runfolder import RunFolder
@@ -350,7 +350,8 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
                 if not is_finished(unit.dir(workdir))]
 
     cfg, session = budget.plan_run(cfg, explicit, folder.plan_json, arrays, device, units_to_train,
-                                   isinstance(executor, Sequential), time.perf_counter() - started, fingerprints)
+                                   isinstance(executor, Sequential), time.perf_counter() - started, fingerprints,
+                                   len(executor.devices) if isinstance(executor, DevicePool) else 1)
     rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
     models = rounds.teachers + rounds.students
     folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,

@@ -81,6 +81,19 @@ def test_a_second_backbone_gets_time_only_where_its_blend_was_measured_to_pay():
         assert len(set(plan.epochs.values())) == 1, plan.epochs
 
 
+def test_two_gpus_side_by_side_are_planned_as_two_clocks():
+    """Three folds on two devices: two units at once, then the third: the clock counts two units' time."""
+    one, two = fer2013_work(), fer2013_work()
+    two.side_by_side = 2
+    epochs = {"fer_vgg_cpu": 10}
+    assert two.run_seconds(epochs, False) == pytest.approx(2 / 3 * one.run_seconds(epochs, False))
+    assert two.run_seconds(epochs, True) == pytest.approx(2 / 3 * one.run_seconds(epochs, True))
+    table = Table.for_preset("cpu")
+    plans = [make_plan(CPU, set(), work, table, 30 * 60, 30) for work in (one, two)]
+    assert total_epochs(plans[1]) > total_epochs(plans[0])
+    assert plans[1].seconds["units"] <= 30 * 60
+
+
 def test_explicit_epochs_and_backbones_are_kept_and_a_plan_that_cannot_fit_says_so():
     table, work = Table.for_preset("cpu"), fer2013_work()
     cfg = CPU.replace(epochs=7, backbones=("fer_resnet_cpu",))

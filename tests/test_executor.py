@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import pseudo, runfolder, train
+from fer_kaggle import executor, pseudo, runfolder, train
 from fer_kaggle.atomic import save_npz
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.executor import (Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential, Slots,
-                                 make_executor)
+from fer_kaggle.executor import (DevicePool, Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential,
+                                 Slots, make_executor)
 from fer_kaggle.pipeline import Rounds
 from fer_kaggle.runfolder import RunFolder
 from fer_kaggle.train import TimeLimitReached, Unit, monitor_rows
@@ -69,6 +69,22 @@ def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, 
             assert np.array_equal(sequential[key], pooled[key]), (fold, key)
 
 
+@pytest.mark.slow  # spawned worker processes
+def test_several_devices_train_one_unit_each_at_a_time(tmp_path, demo_train, demo_test):
+    """Kaggle's two T4s without Ray: each running unit has a device of its own. Two CPU device names
+    stand in for two GPUs here; the files equal one at a time's, as the pool's do."""
+    arrays = _arrays_of(demo_train, demo_test)
+    jobs = _jobs(tmp_path / "devices") + [Job(CFG, Unit(0, "fer_resnet_tiny", 0), tmp_path / "third", "cpu")]
+    done = list(DevicePool(["cpu", "cpu:0"], 1).run(jobs, arrays, None))
+    first_two = sorted(d.where.rsplit(" on ", 1)[1] for d in done[:2])
+    assert first_two == ["cpu", "cpu:0"], [d.where for d in done]
+    assert len(done) == 3 and done[2].where.rsplit(" on ", 1)[1] in first_two
+    list(Sequential(1).run(_jobs(tmp_path / "seq"), arrays, None))
+    for fold in range(2):
+        sequential, pooled = _arrays(tmp_path / "seq", fold), _arrays(tmp_path / "devices", fold)
+        assert all(np.array_equal(sequential[key], pooled[key]) for key in sequential), fold
+
+
 @pytest.mark.slow
 def test_an_error_in_a_worker_stops_the_round_with_its_message(tmp_path, demo_train, demo_test):
     cfg = CFG.replace(lr=1e30, optimizer="sgd", amp="off")  # the loss overflows in the first steps
@@ -83,6 +99,10 @@ def test_make_executor(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "resolve_device", lambda name: torch.device(name))
     assert isinstance(make_executor(cpu.replace(parallel_units=2, device="cuda"), tmp_path), Sequential), \
         "one GPU: units would queue for it"
+    monkeypatch.setattr(executor, "cuda_devices", lambda: ["cuda:0", "cuda:1"])
+    gpus = make_executor(cpu.replace(device="cuda"), tmp_path)
+    assert isinstance(gpus, DevicePool) and gpus.devices == ["cuda:0", "cuda:1"] and gpus.processes == 2
+    assert isinstance(make_executor(cpu.replace(device="cuda:1"), tmp_path), Sequential), "--device names one GPU"
     pool = make_executor(cpu.replace(parallel_units=2), tmp_path)
     assert isinstance(pool, LocalPool) and pool.processes == 2 and pool.threads >= 1
     assert make_executor(cpu.replace(parallel_units=2, unit_threads=3), tmp_path).threads == 3
