@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, Config
-from .errors import FerKaggleError
+from .errors import FerKaggleError, machine_fault
 
 HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
 
@@ -148,6 +148,12 @@ def main(argv=None):
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's fault (a full disk, a read-only folder): one line; any other: a bug
+        message = machine_fault(exc, getattr(exc, "run_needs", None))
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     except TimeLimitReached as exc:
         print(f"\ntime limit of {args.time_limit} minutes reached: {exc}; everything so far is saved. "
               f"Run the same command again to continue (exit status 3: not finished)", file=sys.stderr)

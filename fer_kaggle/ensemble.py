@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import minimize
 
 from . import heldout
-from .atomic import write_json
+from .atomic import read_csv, write_json
 from .data import NUM_CLASSES
-from .errors import FerKaggleError
-from .runfolder import OOF_FILE, TEST_FILE, RunFolder, backbone_of, is_finished
+from .errors import DamagedFile, FerKaggleError
+from .runfolder import OOF_FILE, RERUN, TEST_FILE, RunFolder, backbone_of, is_finished, load_probs
 from .submit import check_out_path, write_submission
 
 
@@ -57,16 +56,19 @@ def _read_folds(model_dir, n_rows, n_folds):
     oofs = {key: np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32) for key in keys}
     tests, ids = {key: [] for key in keys}, None
     for fold in range(n_folds):
-        with np.load(model_dir / f"fold{fold}" / OOF_FILE) as saved:
-            keys = [key for key in keys if key in saved.files]  # units from before logit averaging lack one
-            for key in keys:
-                oofs[key][saved["rows"]] = saved[key]
-        with np.load(model_dir / f"fold{fold}" / TEST_FILE) as saved:
-            if ids is not None and not np.array_equal(ids, saved["ids"]):
-                raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
-            ids = saved["ids"]
-            for key in keys:
-                tests[key].append(saved[key])
+        saved = load_probs(model_dir / f"fold{fold}" / OOF_FILE, RERUN)
+        keys = [key for key in keys if key in saved]  # units from before logit averaging lack one
+        if saved["rows"].min(initial=0) < 0 or saved["rows"].max(initial=-1) >= n_rows:
+            raise DamagedFile(model_dir / f"fold{fold}" / OOF_FILE, f"rows outside the {n_rows} of the train file",
+                              RERUN)
+        for key in keys:
+            oofs[key][saved["rows"]] = saved[key]
+        saved = load_probs(model_dir / f"fold{fold}" / TEST_FILE, RERUN)
+        if ids is not None and not np.array_equal(ids, saved["ids"]):
+            raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
+        ids = saved["ids"]
+        for key in keys:
+            tests[key].append(saved[key])
     if np.isnan(oofs["probs_plain"]).any():
         raise FerKaggleError(f"{model_dir}: its folds do not cover every train row; delete it and retrain")
     return {key: (oofs[key], np.mean(tests[key], axis=0)) for key in keys}, ids
@@ -91,7 +93,7 @@ def load_models(workdir, names=None):
     finished, and the train labels; the unfinished ones are named on stderr."""
     folder = RunFolder(workdir)
     n_folds = folder.require_run()["folds"]
-    labels = pd.read_csv(folder.folds_csv)["label"].to_numpy()
+    labels = read_csv(folder.folds_csv, ("label",), RERUN)["label"].to_numpy()
     if names is None:
         names = folder.model_names()
     models = []

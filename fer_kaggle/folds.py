@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .atomic import save_csv, write_json
-from .errors import FerKaggleError
+from .errors import DamagedFile, FerKaggleError
 from .runfolder import RunFolder
 
 
@@ -48,11 +48,13 @@ def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed
     """
     folder = RunFolder(workdir)
     meta_path, csv_path = folder.folds_json, folder.folds_csv
-    meta = folder.folds_meta()
-    if meta is not None:
-        _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
-        table = pd.read_csv(csv_path)
-        return table["fold"].to_numpy(), meta
+    try:
+        meta = folder.folds_meta()
+        if meta is not None:
+            _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
+            return folder.folds_table(len(labels))["fold"].to_numpy(), meta
+    except DamagedFile as exc:
+        _rebuild_or_stop(folder, exc)
     groups = duplicate_groups(images)
     folds = assign_folds(labels, groups, n_folds, seed)
     sizes = np.bincount(groups)
@@ -68,6 +70,16 @@ def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed
                                      "group": groups, "fold": folds}))
     write_json(meta_path, meta)  # written last: folds exist once this file does
     return folds, meta
+
+
+def _rebuild_or_stop(folder, damage):
+    """Damaged folds: made again where no unit depends on them yet; else the run stops, naming the file."""
+    if folder.all_unit_dirs():
+        raise FerKaggleError(
+            f"{damage}: the {len(folder.all_unit_dirs())} units in {folder} were trained on its split, which "
+            f"cannot be checked now; restore the file from a backup, or start again in another --workdir "
+            f"(or delete {folder})") from None
+    print(f"{damage.path} is damaged ({damage.problem}): making the folds again (no unit was trained on them yet)")
 
 
 def _check_same_run(workdir, meta, train_fingerprint, n_folds, seed):

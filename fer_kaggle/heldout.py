@@ -5,13 +5,12 @@ folder of class folders holds its own. Those labels are saved apart (`heldout_la
 read here only, after the submission is written, to print each split's accuracy once and to write
 `heldout.json` for the report. No choice (epochs, weights, blend, pseudo-labels) ever reads them.
 """
-import json
 
 import numpy as np
 
-from .atomic import save_npz, write_json
+from .atomic import load_npz, read_json, save_npz, write_json
 from .errors import FerKaggleError
-from .runfolder import RunFolder
+from .runfolder import RERUN, RunFolder
 from .submit import read_submission
 
 NOTE = "labels from the input file; computed once after the submission was written, never used for a choice"
@@ -26,8 +25,8 @@ def score(workdir, submission):
     path = RunFolder(workdir).heldout_labels
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        ids, labels, usage = saved["ids"], saved["labels"], saved["usage"]
+    saved = load_npz(path, ("ids", "labels", "usage"), remedy=RERUN)
+    ids, labels, usage = saved["ids"], saved["labels"], saved["usage"]
     predicted = read_submission(submission)
     if len(predicted) != len(ids) or not np.array_equal(predicted["id"].astype(str), ids.astype(str)):
         raise FerKaggleError(f"{submission}: its ids are not those of the held-out labels in {path}")
@@ -44,7 +43,8 @@ def score(workdir, submission):
 
 def load_scores(workdir):
     path = RunFolder(workdir).heldout_scores
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, remedy="run python -m fer_kaggle.ensemble to score the submission again") \
+        if path.exists() else None
 
 
 def describe(scores):

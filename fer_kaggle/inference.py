@@ -13,7 +13,6 @@ output equals what the run saved in its test.npz files.
 
 Reads `<workdir>/folds.json`, `ensemble.json` and each unit's config.json and checkpoint.pt.
 """
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,8 @@ from torch import nn
 
 from .data import IMAGE_SIZE
 from .errors import FerKaggleError
-from .runfolder import CONFIG_FILE, RunFolder, load_checkpoint, predicting_weights
+from .atomic import read_json
+from .runfolder import CONFIG_FILE, RERUN, RunFolder, load_checkpoint, predicting_weights
 from .train import build_model
 from .tta import SPACES, TTA_CHOICES, view, views
 
@@ -103,7 +103,7 @@ def load_unit(workdir, name, tta=None, device="cpu", space="prob"):
                                  f"run run.sh again to finish it")
         raise FerKaggleError(f"{workdir}: no unit '{name}'; the finished units are: "
                              f"{', '.join(finished_units(workdir)) or 'none'}")
-    config = json.loads((unit_dir / CONFIG_FILE).read_text())
+    config = read_json(unit_dir / CONFIG_FILE, ("backbone", "mean", "std", "image_size", "tta"), RERUN)
     tta, crop = tta or config["tta"], config.get("crop", 0)  # runs from before --crop have no "crop"
     if tta not in TTA_CHOICES or (tta == "ten_crop" and not crop):
         raise FerKaggleError(f"TTA '{tta}' for {name}: choose one of {', '.join(TTA_CHOICES)} "
@@ -118,7 +118,7 @@ def _summary(workdir):
     if not path.is_file():
         raise FerKaggleError(f"{workdir}: no ensemble.json; run run.sh (or python -m fer_kaggle.ensemble "
                              f"--workdir {workdir}) first")
-    return json.loads(path.read_text())
+    return read_json(path, ("models",), "run python -m fer_kaggle.ensemble to write it again")
 
 
 def kept_blend(workdir):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, folders, runfolder
-from .errors import FerKaggleError
+from .errors import DamagedFile, FerKaggleError
 
 FORMATS = ("competition", "kaggle", "fer2013", "icml", "folders")
 DEMO_DATA = Path(__file__).parent / "demo_data"  # the bundled sample: 2,400 train and 400 test rows
@@ -106,16 +106,27 @@ def load(source, cache_dir):
     test_fp = train_fp if source.kind == "combined" else fingerprint(source.test)  # one file: hashed once
     train_cache = runfolder.cache_path(cache_dir, "train", train_fp)
     test_cache = runfolder.cache_path(cache_dir, "test", test_fp)
-    train = runfolder.load_cache(train_cache, runfolder.TRAIN_ARRAYS)
-    test = runfolder.load_cache(test_cache, runfolder.TEST_ARRAYS)
+    damaged = []
+    train = _cached(train_cache, runfolder.TRAIN_ARRAYS, damaged)
+    test = _cached(test_cache, runfolder.TEST_ARRAYS, damaged)
     if train is not None and test is not None:
         log = [f"read {source.describe()} from the cache ({cache_dir})"]
     else:
         train, test, log = _parse(source)
+        log = damaged + log
         runfolder.save_cache(train_cache, train)
         runfolder.save_cache(test_cache, test)
     return Inputs(train["images"], train["labels"], test["ids"], test["images"], test["labels"], test["usage"],
                   train_fingerprint=train_fp), log
+
+
+def _cached(path, names, damaged):
+    """The cached arrays, or None; a damaged cache is noted in `damaged` and parsed again."""
+    try:
+        return runfolder.load_cache(path, names)
+    except DamagedFile as exc:
+        damaged.append(f"{path} is damaged ({exc.problem}): parsing the input again")
+        return None
 
 
 def _parse(source):

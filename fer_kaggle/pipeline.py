@@ -10,6 +10,7 @@ run with changed settings trains new units beside the old ones (each unit's fold
 its settings) and blends only its own.
 """
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,11 @@ import timm
 import torch
 from tqdm.auto import tqdm
 
-from . import budget, ensemble, heldout, inputs, pseudo, recipe, runfolder, shift
+from . import budget, ensemble, heldout, inputs, pseudo, runfolder, shift
 from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
-from .errors import FerKaggleError
+from .errors import FerKaggleError, gigabytes
 from .executor import DevicePool, Job, PseudoRows, RunArrays, Sequential, make_executor
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
@@ -341,6 +342,8 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
     print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
           f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
 
+    runfolder.repair_units(folder)  # before the plan counts what is finished: a damaged unit trains again
+
     # the arrays' own hashes, not the files': the same faces in another file form reuse the units
     fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
                     runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
@@ -353,6 +356,18 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
                                    isinstance(executor, Sequential), time.perf_counter() - started, fingerprints,
                                    len(executor.devices) if isinstance(executor, DevicePool) else 1)
     rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
+    needed = _check_disk(folder, _bytes_to_write(cfg, rounds, arrays))
+    try:
+        return _train_and_blend(cfg, folder, executor, device, deadline, fingerprints, arrays, rounds, session,
+                                submissions, out, report_dir, started, train_y)
+    except OSError as exc:
+        exc.run_needs = needed  # for the full disk's message (errors.machine_fault)
+        raise
+
+
+def _train_and_blend(cfg, folder, executor, device, deadline, fingerprints, arrays, rounds, session, submissions,
+                     out, report_dir, started, train_y):
+    workdir = folder.path
     models = rounds.teachers + rounds.students
     folder.write_record(preset=cfg.preset, config=cfg.to_dict(), models=models, ablations={}, pseudo_table=None,
                         plan=session.plan.to_json() if session else None, started=time.time(), finished=None)
@@ -391,6 +406,33 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
     print(f"total time: {time.perf_counter() - started:.0f} s"
           + (f"; budget {cfg.budget:g} minutes, {session.spent() / 60:.1f} used" if session else ""))
     return summary, path
+
+
+def _bytes_to_write(cfg, rounds, arrays):
+    """About what the units still to train write: each a checkpoint (the weights, the optimizer's state, an EMA
+    copy; twice while the atomic write replaces it) and its probabilities (three TTA averages of its held-out
+    and test rows)."""
+    held_out = int(np.bincount(arrays.folds[arrays.folds >= 0]).max()) if (arrays.folds >= 0).any() else 0
+    probs = 2 * 3 * (held_out + len(arrays.test_ids)) * 7 * 4  # oof.npz and test.npz, float32
+    copies = 1 + (1 if cfg.optimizer == "sgd" else 2) + (1 if cfg.ema else 0)
+    sizes = {}
+    total = 0
+    for unit in [*rounds.round0, *rounds.round1]:
+        if is_finished(unit.dir(rounds.folder.path)):
+            continue
+        if unit.backbone not in sizes:
+            sizes[unit.backbone] = sum(p.numel() for p in build_model(unit.backbone, torch.device("cpu")).parameters())
+        total += 2 * 4 * copies * sizes[unit.backbone] + probs
+    return total
+
+
+def _check_disk(folder, needed):
+    """Refuse at once a run whose units clearly cannot fit on the disk; returns `needed`."""
+    free = shutil.disk_usage(folder.path).free
+    if needed > free:
+        raise FerKaggleError(f"{folder} has {gigabytes(free)} free, and the units still to train write about "
+                             f"{gigabytes(needed)}: free some space or give --workdir on another disk")
+    return needed
 
 
 def _check_shift(cfg, source, folder, train_x, test_x):

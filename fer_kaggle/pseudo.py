@@ -46,9 +46,9 @@ def _teachers_mean(workdir, teachers, fold, file_name, index_name):
     """(the saved `index_name` array, the teachers' mean "probs") from each teacher's fold-`fold` file."""
     index, probs = None, []
     for model in teachers:
-        with np.load(Path(workdir) / model / f"fold{fold}" / file_name) as saved:
-            index = saved[index_name]
-            probs.append(saved["probs"])
+        saved = runfolder.load_probs(Path(workdir) / model / f"fold{fold}" / file_name, runfolder.RERUN)
+        index = saved[index_name]
+        probs.append(saved["probs"])
     return index, np.mean(probs, axis=0)
 
 

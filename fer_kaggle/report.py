@@ -14,7 +14,6 @@ buys on this machine). A part the run lacks
 (no --ablation, no pseudo-labelling round) is named in its section, with the option to add.
 """
 import html
-import json
 import os
 import shutil
 import sys
@@ -31,11 +30,12 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, precision_
 from tqdm.auto import tqdm
 
 from . import ensemble, explain, heldout, pseudo, shift
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, read_csv, write_text
 from .data import CLASS_NAMES, NUM_CLASSES
 from .errors import FerKaggleError
 from .models import DNN_COUNTERPARTS
-from .runfolder import FINISHED_FILE, HISTORY_FILE, OOF_FILE, RunFolder, backbone_of, is_finished
+from .runfolder import (HISTORY_FILE, OOF_FILE, RERUN, RunFolder, backbone_of, is_finished,
+                        load_probs, read_metrics)
 
 
 # ---------------------------------------------------------------- report structure
@@ -79,7 +79,7 @@ class Run:
         record = folder.record() or {}
         models, labels = ensemble.load_models(folder.path, folder.current_models())
         images = folder.train_images()
-        folds = pd.read_csv(folder.folds_csv)["fold"].to_numpy()
+        folds = read_csv(folder.folds_csv, ("fold",), RERUN)["fold"].to_numpy()
         ablations = record.get("ablations") or folder.ablation_models()  # run.json, or an older run's folders
         table = record.get("pseudo_table")
         table = folder.path / "round1" / table if table else None
@@ -150,7 +150,7 @@ def curves_section(run, out):
     fig, axes = _subplots(len(model_dirs), 2, figsize=(11, 3.2 * len(model_dirs)), squeeze=False)
     for row, model_dir in enumerate(model_dirs):
         for unit_dir in run.unit_dirs(model_dir):
-            history = pd.read_csv(unit_dir / HISTORY_FILE)
+            history = read_csv(unit_dir / HISTORY_FILE, ("epoch",), RERUN)
             for col, metric in enumerate(("loss", "acc")):
                 ax = axes[row, col]
                 line, = ax.plot(history["epoch"], history[f"train_{metric}"], label=f"{unit_dir.name} train")
@@ -215,8 +215,8 @@ def saliency_section(run, out, per_class):
     section = Section("4. Saliency maps")
     unit_dir = _first_unit(run)
     model, mean, std = explain.load_unit_model(unit_dir)
-    with np.load(unit_dir / OOF_FILE) as oof:
-        rows, probs = oof["rows"], oof["probs"]
+    oof = load_probs(unit_dir / OOF_FILE, RERUN)
+    rows, probs = oof["rows"], oof["probs"]
     picked = explain.pick_examples(probs, run.labels[rows], per_class=per_class)
     faces = run.train_images[rows[picked]]
     images = explain.normalise(faces, mean, std)
@@ -262,7 +262,7 @@ def _model_scores(run, model_dir):
     if not units or not all(is_finished(u) for u in units):
         return None
     oof, plain, *_ = ensemble.load_model_dir(run.workdir / model_dir, len(run.labels), len(units), run.labels)
-    seconds = sum(json.loads((unit / FINISHED_FILE).read_text())["train_seconds"] for unit in units)
+    seconds = sum(read_metrics(unit, RERUN)["train_seconds"] for unit in units)
     return {"OOF accuracy": round(ensemble.accuracy(oof, run.labels), 4),
             "without TTA": round(ensemble.accuracy(plain, run.labels), 4), "train seconds": round(seconds)}
 
@@ -272,7 +272,7 @@ def _parameters(name):
 
 
 def _mean_valid_curve(run, model_dir):
-    histories = [pd.read_csv(u / HISTORY_FILE) for u in run.unit_dirs(model_dir)]
+    histories = [read_csv(u / HISTORY_FILE, ("epoch",), RERUN) for u in run.unit_dirs(model_dir)]
     return pd.concat(histories).groupby("epoch")[["train_acc", "valid_acc"]].mean()
 
 
@@ -330,7 +330,7 @@ def pseudo_section(run, out):
         section.text("Not in this run: run.sh's pseudo-labelling round (on by default; `--pseudo`) adds "
                      "confident test predictions to a second round of training.")
         return section
-    counts = pseudo.counts_per_class(pd.read_csv(table_path), n_folds=int(run.folds.max()) + 1)
+    counts = pseudo.counts_per_class(read_csv(table_path, remedy=RERUN), n_folds=int(run.folds.max()) + 1)
     section.table(counts.reset_index(names="class"))
     teachers = [m for m in run.models if m.name.startswith("round0/")]
     before, after = ensemble.best_oof_accuracy(teachers, run.labels), ensemble.best_oof_accuracy(students, run.labels)
@@ -353,7 +353,7 @@ def ensemble_section(run, out):
                 for method in result["blends"]}}
             for i, (name, s) in enumerate(result["models"].items())]
     section.table(pd.DataFrame(rows))
-    units = [json.loads((unit / FINISHED_FILE).read_text()) for m in run.models for unit in run.unit_dirs(m.name)]
+    units = [read_metrics(unit, RERUN) for m in run.models for unit in run.unit_dirs(m.name)]
     section.text("Each unit's accuracy on its held-out fold (with TTA):")
     section.table(pd.DataFrame({"unit": [u["unit"] for u in units],
                                 "fold OOF accuracy": [round(u["valid_acc"], 4) for u in units],
@@ -443,7 +443,7 @@ def budget_section(run, out):
     plan = budget.Plan.from_json(saved["plan"])
     rows = []
     for model in folder.current_models():
-        epochs = [json.loads((d / FINISHED_FILE).read_text())["epochs"] for d in folder.unit_dirs(model)
+        epochs = [read_metrics(d, RERUN)["epochs"] for d in folder.unit_dirs(model)
                   if is_finished(d)]
         refits = sum(len(entry["refits"]) for name, entry in saved["units"].items() if name.startswith(model + "/"))
         rows.append({"model": model, "planned epochs": plan.epochs[backbone_of(model)],

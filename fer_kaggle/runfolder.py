@@ -23,19 +23,19 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
+import shutil
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .atomic import save_npz, save_torch, write_json
-from .errors import FerKaggleError
+from .atomic import load_npz, load_torch, read_csv, read_json, save_npz, save_torch, write_json
+from .errors import DamagedFile, FerKaggleError
 
 RUN_FILE, LOCK_FILE, FOLDS_META = "run.json", "run.lock", "folds.json"
+RERUN = "run run.sh again with the same options: it repairs what it can and says what it cannot"
 # a unit's files (train.py writes them; see there for what each holds)
 CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE = "config.json", "history.csv", "checkpoint.pt"
 TRAIN_PIPELINE_FILE, EVAL_PIPELINE_FILE = "train_pipeline.json", "eval_pipeline.json"
@@ -108,15 +108,70 @@ def save_checkpoint(unit_dir, state):
 
 
 def load_checkpoint(unit_dir, device="cpu"):
-    """A unit's checkpoint, or None before its first epoch; an unreadable one is a clear error."""
+    """A unit's checkpoint, or None before its first epoch; a damaged one raises DamagedFile."""
     path = Path(unit_dir) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise FerKaggleError(f"{path}: unreadable checkpoint ({exc}); delete its unit folder and "
-                             f"run run.sh again to retrain it") from None
+    return load_torch(path, device, keys=("model", "epoch", "history"), remedy=RERUN)
+
+
+# ---------------------------------------------------------------- a unit's files, checked on read
+
+def read_metrics(unit_dir, remedy=""):
+    """A finished unit's metrics.json."""
+    return read_json(Path(unit_dir) / FINISHED_FILE, ("valid_acc", "epochs", "train_seconds"), remedy)
+
+
+def load_probs(path, remedy=""):
+    """A unit's oof.npz or test.npz: its rows (or ids) and (N, 7) probabilities in each TTA space."""
+    index = "rows" if Path(path).name == OOF_FILE else "ids"
+    arrays = load_npz(path, (index, "probs", "probs_plain"), remedy=remedy)  # probs_logit: not in older units
+    n = len(arrays[index])
+    for key in [k for k in ("probs", "probs_logit", "probs_plain") if k in arrays]:
+        if arrays[key].shape != (n, 7):
+            raise DamagedFile(path, f"'{key}' has shape {arrays[key].shape}, not ({n}, 7)", remedy)
+        if not np.isfinite(arrays[key]).all():
+            raise DamagedFile(path, f"'{key}' holds values that are not finite", remedy)
+    return arrays
+
+
+def unit_damage(unit_dir):
+    """Why a unit's folder cannot be used as it is (its file and the problem), or None when it reads back.
+    A finished unit: every file the run, the ensemble, the report and predict read; an unfinished one: its
+    config and checkpoint."""
+    unit_dir = Path(unit_dir)
+    checks = [(CONFIG_FILE, lambda p: read_json(p, ("unit_key",)))]
+    if is_finished(unit_dir):
+        checks += [(FINISHED_FILE, lambda p: read_metrics(p.parent)), (OOF_FILE, load_probs), (TEST_FILE, load_probs),
+                   (HISTORY_FILE, lambda p: read_csv(p, ("epoch", "valid_acc"))),
+                   (CHECKPOINT_FILE, lambda p: load_checkpoint(p.parent))]
+    elif (unit_dir / CHECKPOINT_FILE).exists():
+        checks.append((CHECKPOINT_FILE, lambda p: load_checkpoint(p.parent)))
+    for name, read in checks:
+        path = unit_dir / name
+        try:
+            if path.exists() or name in (FINISHED_FILE, OOF_FILE, TEST_FILE):
+                read(path)
+        except FileNotFoundError:
+            return name, "missing"
+        except DamagedFile as exc:
+            return name, exc.problem
+    return None
+
+
+def repair_units(folder, say=print):
+    """Check every unit of the run folder; a damaged one is removed, so the run trains it again. Returns
+    the names of the units removed."""
+    removed = []
+    for unit_dir in folder.all_unit_dirs():
+        damage = unit_damage(unit_dir)
+        if damage is None:
+            continue
+        name = unit_dir.relative_to(folder.path).as_posix()
+        say(f"{name}: {damage[0]} is damaged ({damage[1]}): training it again")
+        shutil.rmtree(unit_dir)
+        removed.append(name)
+    return removed
 
 
 def predicting_weights(state):
@@ -143,14 +198,17 @@ def save_cache(path, arrays):
 
 
 def load_cache(path, names):
-    """{name: array or None} for `names`; None when there is no cache, or one from before named arrays."""
+    """{name: array or None} for `names`; None when there is no cache, or one from before named arrays.
+    A damaged cache raises DamagedFile (the run parses its input again)."""
     path = Path(path)
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        if names[0] not in saved.files:
-            return None  # an older cache (arr_0, arr_1, ...): parsed again
-        return {name: saved[name] if name in saved.files else None for name in names}
+    arrays = load_npz(path, ())
+    if names[0] not in arrays:
+        return None  # an older cache (arr_0, arr_1, ...): parsed again
+    if names[1] not in arrays or len(arrays[names[0]]) != len(arrays[names[1]]):
+        raise DamagedFile(path, f"no '{names[1]}' of as many rows as its '{names[0]}'")
+    return {name: arrays.get(name) for name in names}
 
 
 # ---------------------------------------------------------------- the run folder
@@ -203,7 +261,14 @@ class RunFolder:
     def folds_meta(self):
         """`folds.json` (seed, folds, train fingerprint, duplicate counts), or None before the folds."""
         path = self.path / FOLDS_META
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, ("seed", "folds", "train_fingerprint", "rows")) if path.exists() else None
+
+    def folds_table(self, rows):
+        """folds.csv (row, label, group, fold per train row), checked to hold `rows` rows."""
+        table = read_csv(self.folds_csv, ("row", "label", "fold"))
+        if len(table) != rows or table["fold"].isna().any():
+            raise DamagedFile(self.folds_csv, f"{len(table)} rows, not the {rows} of the train file")
+        return table
 
     def require_run(self):
         """The folds' metadata, or an error saying there is no run here (and where the demo's is)."""
@@ -217,7 +282,10 @@ class RunFolder:
     def train_images(self):
         """The parsed train images of this run (from its cache)."""
         path = cache_path(self.cache_dir, "train", self.require_run()["train_fingerprint"])
-        arrays = load_cache(path, TRAIN_ARRAYS)
+        try:
+            arrays = load_cache(path, TRAIN_ARRAYS)
+        except DamagedFile as exc:
+            raise DamagedFile(path, exc.problem, "run run.sh again to parse the input again") from None
         if arrays is None:
             raise FerKaggleError(f"{path}: the run's parsed train images are gone; run run.sh again to rebuild them")
         return arrays["images"]
@@ -225,7 +293,10 @@ class RunFolder:
     def test_images(self):
         """The test images of the latest parse here (the newest test cache), or None."""
         caches = sorted(self.cache_dir.glob("test-*.npz"), key=lambda p: p.stat().st_mtime)
-        arrays = load_cache(caches[-1], TEST_ARRAYS) if caches else None
+        try:
+            arrays = load_cache(caches[-1], TEST_ARRAYS) if caches else None
+        except DamagedFile as exc:
+            raise DamagedFile(caches[-1], exc.problem, "run run.sh again to parse the input again") from None
         return (arrays["images"], caches[-1]) if arrays is not None else None
 
     # ---- models and units
@@ -242,6 +313,10 @@ class RunFolder:
         """Every model of the ensemble rounds here, as round<r>/<name>, sorted."""
         return sorted(f"{p.parent.name}/{p.name}" for p in self.path.glob("round*/*/") if p.is_dir())
 
+    def all_unit_dirs(self):
+        """Every unit folder here, finished or not (ensemble rounds and ablations)."""
+        return sorted([*self.path.glob("round*/*/fold*/"), *self.path.glob("ablation/*/*/fold*/")])
+
     def finished_units(self):
         """Names of every finished unit (ensemble rounds and ablations), sorted."""
         found = [*self.path.glob(f"round*/*/fold*/{FINISHED_FILE}"),
@@ -253,7 +328,7 @@ class RunFolder:
     def record(self):
         """run.json: the latest run's settings, models and ablations; None before a run wrote it."""
         path = self.path / RUN_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, remedy=RERUN) if path.exists() else None
 
     @property
     def shift_json(self):
@@ -261,16 +336,25 @@ class RunFolder:
 
     def shift_figures(self):
         """shift.json: the train/test shift check's figures (inputs, and per fold after round 0), or None."""
-        return json.loads(self.shift_json.read_text()) if self.shift_json.exists() else None
+        return read_json(self.shift_json, remedy=RERUN) if self.shift_json.exists() else None
 
     def write_shift(self, **fields):
-        write_json(self.shift_json, {**(self.shift_figures() or {}), **fields})
+        write_json(self.shift_json, {**(self._readable(self.shift_figures) or {}), **fields})
 
     def write_record(self, **fields):
         """Update run.json with `fields` (the pipeline writes it as a run goes: start, round 1, end)."""
-        record = {**(self.record() or {}), **fields}
+        record = {**(self._readable(self.record) or {}), **fields}
         write_json(self.path / RUN_FILE, record)
         return record
+
+    @staticmethod
+    def _readable(read):
+        """What `read` returns, or None (said in one line) when its file is damaged: the run writes it anew."""
+        try:
+            return read()
+        except DamagedFile as exc:
+            print(f"{exc.path} is damaged ({exc.problem}): writing it anew")
+            return None
 
     def current_models(self):
         """The latest run's ensemble models (round<r>/<name>), or None when no run recorded them."""

@@ -10,7 +10,6 @@ Writes `<workdir>/round<r>/<backbone>-<key>/fold<k>/` (ablations: `ablation/<var
        test.npz        ids, probs (TTA), probs_plain: test probabilities
        metrics.json    written last: the unit is finished once it exists
 """
-import json
 import os
 import time
 import zlib
@@ -25,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import augment, recipe, runfolder, tta
-from .atomic import atomic_path, save_csv, save_npz, write_json
+from .atomic import atomic_path, read_json, save_csv, save_npz, write_json
 from .config import TRAINING_FIELDS
 from .data import NUM_CLASSES
 from .errors import FerKaggleError
@@ -142,7 +141,7 @@ def _check_config(unit, unit_dir, settings):
     path = unit_dir / runfolder.CONFIG_FILE
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
+    saved = read_json(path, remedy=runfolder.RERUN)
     fields = ("unit_key",) if settings["unit_key"] else BARE_UNIT_FIELDS
     changed = [k for k in fields if saved.get(k) != settings.get(k)]
     if settings["unit_key"] and not changed:
@@ -165,7 +164,7 @@ def _check_pseudo_rows(unit, unit_dir, saved, rows):
 def check_finished_student(unit, workdir, rows):
     """Before a finished student is blended: did it learn the rows (pseudo.table_hash) its teachers give now?"""
     unit_dir = unit.dir(workdir)
-    _check_pseudo_rows(unit, unit_dir, json.loads((unit_dir / runfolder.CONFIG_FILE).read_text()), rows)
+    _check_pseudo_rows(unit, unit_dir, read_json(unit_dir / runfolder.CONFIG_FILE, remedy=runfolder.RERUN), rows)
 
 
 def _save_pipeline(pipeline, path):
@@ -279,7 +278,7 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
                 "device": str(device)}
     _check_config(unit, unit_dir, settings)  # first: a finished unit of other settings is never handed back
     if is_finished(unit_dir):
-        return json.loads((unit_dir / runfolder.FINISHED_FILE).read_text())
+        return runfolder.read_metrics(unit_dir, remedy=runfolder.RERUN)
     unit_dir.mkdir(parents=True, exist_ok=True)
     mean, std = augment.normalize_stats(data.train_images, cfg.normalize)
     train_pipe = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
