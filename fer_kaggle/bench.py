@@ -479,6 +479,11 @@ def add_arguments(parser):
     shift_parser = sub.add_parser("shift", help="the train/test shift check on the real files and shifted copies")
     shift_parser.add_argument("train", help="a train CSV")
     shift_parser.add_argument("test", help="a test CSV")
+    chaos_parser = sub.add_parser("chaos", help="random kills and damaged files during a tiny run, each resumed: "
+                                  "the final submission must equal an undisturbed run's")
+    chaos_parser.add_argument("--trials", type=int, default=10)
+    chaos_parser.add_argument("--stops", type=int, default=3, help="kills per trial before it runs to the end")
+    chaos_parser.add_argument("--seed", type=int, default=0)
     parse = sub.add_parser("parse", help="CSV parsing speed")
     parse.add_argument("train", help="a label,feature train CSV (.csv, .gz or .xz)")
     parse.add_argument("--repeats", type=int, default=3)
@@ -500,6 +505,10 @@ def command(args):
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
         return 0
+    if args.bench == "chaos":
+        from .chaos import chaos
+        figures = chaos(args.trials, args.stops, args.seed)
+        return 0 if figures["identical"] == figures["trials"] and not figures["tracebacks"] else 1
     if args.bench == "table":
         cfg = PRESETS[args.preset].replace(device=args.device, pseudo=False)
         bench_table(cfg.replace(backbones=args.backbones or cfg.backbones), args.train, args.epochs, args.workdir,

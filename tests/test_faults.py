@@ -203,3 +203,11 @@ def test_a_disk_clearly_too_small_is_refused_before_training(undisturbed, tmp_pa
     code, out, err = run.go()
     assert code == 2 and "free, and the units still to train write about" in err, err
     assert not list((tmp_path / "run").glob("round0/*/fold*/checkpoint.pt"))
+
+
+@pytest.mark.slow  # subprocesses: a run, then a trial of kills and a damage, each resumed
+def test_kills_and_damage_at_random_moments_end_in_the_undisturbed_submission():
+    from fer_kaggle.chaos import chaos
+    figures = chaos(trials=1, stops=3, seed=3, damage_share=1.0, log=lambda line: None)
+    assert figures["stops"] == 3 and figures["damages"] >= 1
+    assert figures["identical"] == 1 and figures["tracebacks"] == 0, figures["failures"]
