@@ -1,6 +1,8 @@
 import sys
 
-from .cli import main
+from ._startup import quiet_interrupts
 
 if __name__ == "__main__":  # guarded: a spawned unit worker (executor.LocalPool) imports this module too
+    with quiet_interrupts():
+        from .cli import main
     sys.exit(main())

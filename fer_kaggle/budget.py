@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from . import augment, recipe
-from .atomic import write_json
-from .errors import FerKaggleError
+from .atomic import read_json, write_json
+from .errors import DamagedFile, FerKaggleError
 from .models import unit_config
 from .runfolder import short_hash
 
@@ -608,19 +608,22 @@ def _work(cfg, backbones, arrays, device, side_by_side):
 
 def _read_plan(path):
     try:
-        return json.loads(Path(path).read_text())
+        return read_json(path, ("request", "plan", "units", "spent_seconds"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        print(f"budget: {path} is unreadable ({exc}): making a new plan")
+    except DamagedFile as exc:
+        print(f"budget: {path} is damaged ({exc.problem}): making a new plan")
         return None
 
 
 def _replay(cfg, source, plan_path):
     """`--plan FILE`: the plan and the epochs each unit trained as an earlier run recorded them, no timing."""
-    stored = _read_plan(source)
-    if not stored or "plan" not in stored:
-        raise FerKaggleError(f"--plan {source}: not a plan.json that a budgeted run wrote (run folder/plan.json)")
+    try:
+        stored = read_json(source, ("plan", "units"))
+    except (FileNotFoundError, DamagedFile) as exc:
+        why = "no such file" if isinstance(exc, FileNotFoundError) else exc.problem
+        raise FerKaggleError(f"--plan {source}: not a plan.json that a budgeted run wrote (run folder/plan.json): "
+                             f"{why}") from None
     plan = Plan.from_json(stored["plan"])
     cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo, budget=plan.budget)
     print(f"plan: following {source} exactly ({_describe_models(plan.epochs)}"

@@ -39,8 +39,11 @@ def _command(files, folder, out):
 
 def _run(command, stop_after=None, sig=None):
     """(exit status, stderr) of `command`, stopped by `sig` after `stop_after` seconds if it is still going."""
+    # SIGINT back to its default in the child: a shell starts background jobs with it ignored, and Python
+    # then installs no KeyboardInterrupt handler, so a Ctrl-C would not reach the run
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _, err = process.communicate(timeout=stop_after)
     except subprocess.TimeoutExpired:
@@ -64,8 +67,14 @@ def _damage(folder, rng):
     return f"{path.relative_to(folder)} {how}"
 
 
+def _count_traceback(figures, err, events):
+    if "Traceback" in err:
+        figures["tracebacks"] += 1
+        events.append(f"TRACEBACK ending {err.strip().splitlines()[-1]!r}")
+
+
 def chaos(trials=10, stops=3, seed=0, damage_share=0.5, log=print):
-    """Run the loop; returns {"trials", "stops", "damages", "identical", "tracebacks", "failures"}."""
+    """Run the loop; returns {"trials", "stops", "killed", "damages", "identical", "tracebacks", "failures"}."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="fer_kaggle-chaos-") as tmp:
         root = Path(tmp)
@@ -77,7 +86,8 @@ def chaos(trials=10, stops=3, seed=0, damage_share=0.5, log=print):
         full_seconds = time.perf_counter() - started
         expected = (root / "undisturbed.csv").read_bytes()
         log(f"undisturbed run: {full_seconds:.1f} s")
-        figures = {"trials": 0, "stops": 0, "damages": 0, "identical": 0, "tracebacks": 0, "failures": []}
+        figures = {"trials": 0, "stops": 0, "killed": 0, "damages": 0, "identical": 0, "tracebacks": 0,
+                   "failures": []}
         for trial in range(trials):
             folder, out = root / f"trial{trial}", root / f"trial{trial}.csv"
             command, events = _command(files, folder, out), []
@@ -86,14 +96,15 @@ def chaos(trials=10, stops=3, seed=0, damage_share=0.5, log=print):
                 code, err = _run(command, rng.uniform(0.5, full_seconds), SIGNALS[name])
                 events.append(f"{name} -> {code}")
                 figures["stops"] += 1
-                figures["tracebacks"] += "Traceback" in err
+                figures["killed"] += code != 0  # 0: the run had already finished when the signal came
+                _count_traceback(figures, err, events)
                 if rng.random() < damage_share and folder.exists():
                     done = _damage(folder, rng)
                     if done:
                         events.append(f"damaged {done}")
                         figures["damages"] += 1
             code, err = _run(command)
-            figures["tracebacks"] += "Traceback" in err
+            _count_traceback(figures, err, events)
             same = code == 0 and out.exists() and out.read_bytes() == expected
             figures["trials"] += 1
             figures["identical"] += same
@@ -101,7 +112,8 @@ def chaos(trials=10, stops=3, seed=0, damage_share=0.5, log=print):
                 figures["failures"].append({"trial": trial, "events": events, "exit": code, "stderr": err[-2000:]})
             log(f"trial {trial}: {'; '.join(events)}; then the same command: exit {code}, "
                 f"{'byte-identical' if same else 'DIFFERENT'}")
-    log(f"chaos: {figures['trials']} trials, {figures['stops']} stops (SIGKILL, SIGTERM, SIGINT at random moments), "
+    log(f"chaos: {figures['trials']} trials, {figures['stops']} signals (SIGKILL, SIGTERM, SIGINT at random "
+        f"moments; {figures['killed']} stopped a running command), "
         f"{figures['damages']} damaged files; {figures['identical']} of {figures['trials']} final submissions "
         f"byte-identical to the undisturbed run's; {figures['tracebacks']} tracebacks")
     return figures

@@ -49,7 +49,7 @@ def make_or_load_folds(workdir, images, labels, train_fingerprint, n_folds, seed
     folder = RunFolder(workdir)
     meta_path, csv_path = folder.folds_json, folder.folds_csv
     try:
-        meta = folder.folds_meta()
+        meta = folder.folds_meta(keys=("seed", "folds", "train_fingerprint"))
         if meta is not None:
             _check_same_run(workdir, meta, train_fingerprint, n_folds, seed)
             return folder.folds_table(len(labels))["fold"].to_numpy(), meta

@@ -112,7 +112,7 @@ def load_checkpoint(unit_dir, device="cpu"):
     path = Path(unit_dir) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    return load_torch(path, device, keys=("model", "epoch", "history"), remedy=RERUN)
+    return load_torch(path, device, keys=("model",), remedy=RERUN)
 
 
 # ---------------------------------------------------------------- a unit's files, checked on read
@@ -125,7 +125,7 @@ def read_metrics(unit_dir, remedy=""):
 def load_probs(path, remedy=""):
     """A unit's oof.npz or test.npz: its rows (or ids) and (N, 7) probabilities in each TTA space."""
     index = "rows" if Path(path).name == OOF_FILE else "ids"
-    arrays = load_npz(path, (index, "probs", "probs_plain"), remedy=remedy)  # probs_logit: not in older units
+    arrays = load_npz(path, (index, "probs"), remedy=remedy)  # the other TTA spaces: not in older units
     n = len(arrays[index])
     for key in [k for k in ("probs", "probs_logit", "probs_plain") if k in arrays]:
         if arrays[key].shape != (n, 7):
@@ -206,8 +206,11 @@ def load_cache(path, names):
     arrays = load_npz(path, ())
     if names[0] not in arrays:
         return None  # an older cache (arr_0, arr_1, ...): parsed again
-    if names[1] not in arrays or len(arrays[names[0]]) != len(arrays[names[1]]):
-        raise DamagedFile(path, f"no '{names[1]}' of as many rows as its '{names[0]}'")
+    if "images" in names and "images" not in arrays:
+        raise DamagedFile(path, "no 'images' in it")
+    uneven = [name for name in names if name in arrays and len(arrays[name]) != len(arrays[names[0]])]
+    if uneven:
+        raise DamagedFile(path, f"'{uneven[0]}' has not as many rows as '{names[0]}'")
     return {name: arrays.get(name) for name in names}
 
 
@@ -258,10 +261,11 @@ class RunFolder:
     def heldout_scores(self):
         return self.path / "heldout.json"
 
-    def folds_meta(self):
-        """`folds.json` (seed, folds, train fingerprint, duplicate counts), or None before the folds."""
+    def folds_meta(self, keys=("folds",)):
+        """`folds.json` (seed, folds, train fingerprint, duplicate counts), or None before the folds; checked
+        to hold `keys`."""
         path = self.path / FOLDS_META
-        return read_json(path, ("seed", "folds", "train_fingerprint", "rows")) if path.exists() else None
+        return read_json(path, keys) if path.exists() else None
 
     def folds_table(self, rows):
         """folds.csv (row, label, group, fold per train row), checked to hold `rows` rows."""

@@ -190,7 +190,8 @@ def test_a_full_disk_in_the_other_commands_is_one_line(copy, monkeypatch, tmp_pa
     subs = ["--submissions", str(tmp_path / "subs2")]
     for command in (["ensemble", "--workdir", str(copy.folder), *subs],
                     ["predict", str(face), "--no-detect", "--workdir", str(copy.folder), "--out", str(tmp_path / "p.csv")],
-                    ["export", "--workdir", str(copy.folder), "--out", str(tmp_path / "model.onnx")]):
+                    ["export", "--workdir", str(copy.folder), "--out", str(tmp_path / "model.onnx")],
+                    ["report", "--workdir", str(copy.folder), "--out", str(tmp_path / "report")]):
         code, out, err = copy.go(command=command)
         assert code == 1 and err.strip().startswith("error: no space left on the disk writing "), (command, err)
         assert not list(tmp_path.rglob("*.tmp-*")), command

@@ -189,7 +189,7 @@ def test_checkpoint_round_trip_and_the_predicting_weights(tmp_path):
     assert torch.equal(runfolder.predicting_weights({"model": {"w": torch.ones(2)}})["w"], torch.ones(2))
     assert runfolder.load_checkpoint(tmp_path / "none") is None
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(FerKaggleError, match="unreadable checkpoint"):
+    with pytest.raises(FerKaggleError, match=r"checkpoint.pt is damaged \(not a torch checkpoint\)"):
         runfolder.load_checkpoint(tmp_path)
 
 
