@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, Config
+from ._startup import quiet_interrupts
 from .errors import FerKaggleError, machine_fault
 
 HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
@@ -130,15 +131,16 @@ def _default_run(args):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):  # the commands, then run's options: what run.sh users look for
-        parser = build_parser("run")
-        print(parser.format_help())
-        print(parser.commands["run"].format_help())
-        return 0
-    command, rest = split_command(argv)
-    args = build_parser(command).parse_args([command, *rest])
-    module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
-    from .train import TimeLimitReached
+    with quiet_interrupts():  # a Ctrl-C while the libraries load: one line, not their traceback
+        if argv[:1] in (["-h"], ["--help"]):  # the commands, then run's options: what run.sh users look for
+            parser = build_parser("run")
+            print(parser.format_help())
+            print(parser.commands["run"].format_help())
+            return 0
+        command, rest = split_command(argv)
+        args = build_parser(command).parse_args([command, *rest])
+        module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
+        from .train import TimeLimitReached
     try:
         if command in READS_A_RUN:
             _default_run(args)
