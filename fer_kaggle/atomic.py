@@ -90,60 +90,47 @@ _UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, pick
                RuntimeError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError)
 
 
-def read_json(path, keys=(), remedy=""):
-    """A JSON object file, with `keys` in it."""
+@contextlib.contextmanager
+def _reading(path, remedy):
+    """Within the block, what a library raises for a damaged `path` becomes DamagedFile (a missing file stays
+    FileNotFoundError: its caller knows whether that is normal)."""
     try:
-        value = json.loads(Path(path).read_text())
-    except FileNotFoundError:
+        yield
+    except (FileNotFoundError, DamagedFile):
         raise
     except _UNREADABLE as exc:
         raise _damaged(path, exc, remedy) from None
+
+
+def read_json(path, keys=(), remedy=""):
+    """A JSON object file, with `keys` in it."""
+    with _reading(path, remedy):
+        value = json.loads(Path(path).read_text())
     if not isinstance(value, dict):
         raise DamagedFile(path, f"a JSON {type(value).__name__}, not an object", remedy)
     _require(path, keys, value, remedy)
     return value
 
 
-def load_npz(path, keys, rows=None, remedy=""):
-    """{key: array} of an .npz file holding `keys` (others it holds come too); `rows`: {key: (shape...)}
-    that each array must have (None in a shape: any length)."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            _require(path, keys, saved.files, remedy)
-            arrays = {name: saved[name] for name in saved.files}
-    except FileNotFoundError:
-        raise
-    except DamagedFile:
-        raise
-    except _UNREADABLE as exc:
-        raise _damaged(path, exc, remedy) from None
-    for key, shape in (rows or {}).items():
-        got = arrays[key].shape
-        if len(got) != len(shape) or any(want is not None and want != n for want, n in zip(shape, got)):
-            raise DamagedFile(path, f"'{key}' has shape {got}, not {tuple(shape)}", remedy)
-    return arrays
+def load_npz(path, keys, remedy=""):
+    """{key: array} of an .npz file holding `keys` (and whatever else it holds)."""
+    with _reading(path, remedy), np.load(path, allow_pickle=False) as saved:
+        _require(path, keys, saved.files, remedy)
+        return {name: saved[name] for name in saved.files}
 
 
 def read_csv(path, columns=(), remedy=""):
     """A CSV table with `columns`."""
-    try:
+    with _reading(path, remedy):
         frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise
-    except _UNREADABLE as exc:
-        raise _damaged(path, exc, remedy) from None
     _require(path, columns, frame.columns, remedy)
     return frame
 
 
 def load_torch(path, device="cpu", keys=(), remedy=""):
     """A torch checkpoint (tensors and plain containers only: weights_only) with `keys`."""
-    try:
+    with _reading(path, remedy):
         state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except _UNREADABLE as exc:
-        raise _damaged(path, exc, remedy) from None
     if not isinstance(state, dict):
         raise DamagedFile(path, f"holds a {type(state).__name__}, not a checkpoint", remedy)
     _require(path, keys, state, remedy)
