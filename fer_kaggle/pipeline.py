@@ -7,7 +7,9 @@
 Every stage writes under --workdir (default folds/; runfolder.py owns its layout). A re-run of the
 same command skips finished units and resumes an interrupted one from its last finished epoch; a
 run with changed settings trains new units beside the old ones (each unit's folder names a hash of
-its settings) and blends only its own.
+its settings) and blends only its own. Before anything trains, every unit already in the folder is
+checked (runfolder.repair_units: a damaged one is trained again) and the disk's free space is weighed
+against what the units still to train will write.
 """
 import dataclasses
 import shutil

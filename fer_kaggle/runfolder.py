@@ -15,6 +15,9 @@
       ensemble.json                      (ensemble.py) the blend and its weights
       heldout_labels.npz, heldout.json   (heldout.py) test labels an input carried, and their score
 
+Everything here is written atomically and read back checked (atomic.py's readers): `unit_damage` says
+what is wrong with a unit's files, `repair_units` removes the damaged units so the run trains them again.
+
 A unit's folder name carries `key`: a short hash of everything that changes its weights or its saved
 predictions (unit_key). A run with other settings trains new units beside the old ones, and changing
 back reuses them; the run's ensemble blends exactly its own units (run.json), never a stale one.
