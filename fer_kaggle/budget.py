@@ -451,8 +451,8 @@ class Keeper:
 
     def _least(self, unit):
         """What a unit cannot do without: one epoch, and its prediction with the fewest views."""
-        fewest = "tta" not in self.plan.explicit and min(self.work.views, self.work.fewest_views)
-        return self._epoch_seconds(unit) + self._predict_seconds(unit, fewest or None)
+        views = self.work.views if "tta" in self.plan.explicit else min(self.work.views, self.work.fewest_views)
+        return self._epoch_seconds(unit) + self._predict_seconds(unit, views)
 
     def start(self, unit, planned, done):
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""

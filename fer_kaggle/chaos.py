@@ -9,7 +9,6 @@ may end in a traceback.
 Files never damaged here: folds.csv and folds.json once units exist (the run rightly refuses to guess the
 split its units were trained on; test_faults.py tests that refusal) and the lock file (it holds no data).
 """
-import lzma
 import os
 import random
 import signal
@@ -18,8 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from .inputs import demo_head as _head
 
-DEMO = Path(__file__).with_name("demo_data")
 # one backbone, 2 folds of 300 rows, 2 epochs, with its pseudo-labelling round: every kind of file, in seconds
 OPTIONS = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "2", "--pseudo",
            "--device", "cpu", "--amp", "off", "--budget", "0"]
@@ -27,9 +26,6 @@ SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signa
 UNREPAIRABLE = {"folds.csv", "folds.json", "run.lock"}
 
 
-def _head(name, rows, path):
-    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
-    return path
 
 
 def _command(files, folder, out):

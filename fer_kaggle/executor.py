@@ -123,6 +123,8 @@ def _as_worker(threads):
 class Executor:
     """What every executor shares: the context of a session, and running a list of jobs to the end."""
 
+    side_by_side = 1  # units a budget plans as running at once at the measured speed (DevicePool: one per GPU)
+
     def __enter__(self):
         return self
 
@@ -259,19 +261,21 @@ class DevicePool(LocalPool):
 
     def __init__(self, devices, threads):
         super().__init__(len(devices), threads)
-        self.devices, self.free = list(devices), list(devices)
+        self.devices, self.free, self.device_of = list(devices), list(devices), {}
+        self.side_by_side = len(devices)
         self.description = f"one unit per GPU at a time on {', '.join(devices)}, {_threads(threads)} each"
 
     def launch(self, job):
         device = self.free.pop(0)
         future = self.pool.submit(_pool_job, dataclasses.replace(job, device=device), self.deadline)
-        future.device = device
+        self.device_of[future] = device
         return future
 
     def result(self, future, job):
-        self.free.append(future.device)
+        device = self.device_of.pop(future)
+        self.free.append(device)
         metrics, seconds, where = future.result()
-        return metrics, seconds, f"{where} on {future.device}"
+        return metrics, seconds, f"{where} on {device}"
 
 
 def cuda_devices():

@@ -25,6 +25,14 @@ DEMO_DATA = Path(__file__).parent / "demo_data"  # the bundled sample: 2,400 tra
 DEMO_TRAIN, DEMO_TEST = DEMO_DATA / "train.csv.xz", DEMO_DATA / "test.csv.xz"
 
 
+def demo_head(name, rows, path):
+    """Write the first `rows` rows of the bundled sample's `name` (train.csv.xz or test.csv.xz) to `path`, a
+    plain CSV: the small real inputs of the tests and of `bench chaos`."""
+    import lzma
+    path.write_text("\n".join(lzma.open(DEMO_DATA / name, "rt").read().splitlines()[:rows + 1]) + "\n")
+    return path
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a run's data comes from, checked but not yet parsed."""

@@ -27,7 +27,7 @@ from .cli import HOME
 from .config import GPU_PRESETS, PRESETS, Config
 from .data import fingerprint as file_fingerprint
 from .errors import FerKaggleError, gigabytes
-from .executor import DevicePool, Job, PseudoRows, RunArrays, Sequential, make_executor
+from .executor import Job, PseudoRows, RunArrays, Sequential, make_executor
 from .folds import make_or_load_folds
 from .models import DNN_COUNTERPARTS, unit_config
 from .runfolder import RunFolder
@@ -356,7 +356,7 @@ def _run_on(cfg, source, out, folder, submissions, report_dir, executor, deadlin
 
     cfg, session = budget.plan_run(cfg, explicit, folder.plan_json, arrays, device, units_to_train,
                                    isinstance(executor, Sequential), time.perf_counter() - started, fingerprints,
-                                   len(executor.devices) if isinstance(executor, DevicePool) else 1)
+                                   executor.side_by_side)
     rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
     needed = _check_disk(folder, _bytes_to_write(cfg, rounds, arrays))
     try:

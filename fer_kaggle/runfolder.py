@@ -148,13 +148,15 @@ def unit_damage(unit_dir):
         checks += [(FINISHED_FILE, lambda p: read_metrics(p.parent)), (OOF_FILE, load_probs), (TEST_FILE, load_probs),
                    (HISTORY_FILE, lambda p: read_csv(p, ("epoch", "valid_acc"))),
                    (CHECKPOINT_FILE, lambda p: load_checkpoint(p.parent))]
-    elif (unit_dir / CHECKPOINT_FILE).exists():
+    else:
         checks.append((CHECKPOINT_FILE, lambda p: load_checkpoint(p.parent)))
+    optional = (CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE)  # may be absent (older units, a unit just begun)
     for name, read in checks:
         path = unit_dir / name
+        if name in optional and not path.exists():
+            continue
         try:
-            if path.exists() or name in (FINISHED_FILE, OOF_FILE, TEST_FILE):
-                read(path)
+            read(path)
         except FileNotFoundError:
             return name, "missing"
         except DamagedFile as exc:
@@ -162,19 +164,14 @@ def unit_damage(unit_dir):
     return None
 
 
-def repair_units(folder, say=print):
-    """Check every unit of the run folder; a damaged one is removed, so the run trains it again. Returns
-    the names of the units removed."""
-    removed = []
+def repair_units(folder):
+    """Check every unit of the run folder; a damaged one is removed, so the run trains it again."""
     for unit_dir in folder.all_unit_dirs():
         damage = unit_damage(unit_dir)
-        if damage is None:
-            continue
-        name = unit_dir.relative_to(folder.path).as_posix()
-        say(f"{name}: {damage[0]} is damaged ({damage[1]}): training it again")
-        shutil.rmtree(unit_dir)
-        removed.append(name)
-    return removed
+        if damage is not None:
+            print(f"{unit_dir.relative_to(folder.path).as_posix()}: {damage[0]} is damaged ({damage[1]}): "
+                  f"training it again")
+            shutil.rmtree(unit_dir)
 
 
 def predicting_weights(state):

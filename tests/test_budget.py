@@ -5,7 +5,6 @@ of the bundled sample. No test times anything: a controlled clock stands in for 
 """
 import json
 import re
-import lzma
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ from fer_kaggle.budget import Keeper, Plan, Speed, Table, Work, make_plan
 from fer_kaggle.config import PRESETS
 from fer_kaggle.errors import FerKaggleError
 from fer_kaggle.train import Unit
+from fer_kaggle.inputs import demo_head as _head
 
-DEMO = Path(__file__).resolve().parents[1] / "fer_kaggle" / "demo_data"
 CPU = PRESETS["cpu"]
 
 
@@ -245,9 +244,6 @@ def test_a_faster_machine_gives_later_units_more_epochs_up_to_the_tables_most(mo
 
 # ---------------------------------------------------------------- whole runs
 
-def _head(name, rows, path):
-    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ One tiny real run (300 train and 40 test rows of the bundled sample, one backbon
 trained once; each test damages a copy of its folder and runs the same command again.
 """
 import errno
-import lzma
 import os
 import shutil
 from pathlib import Path
@@ -15,16 +14,13 @@ import pytest
 
 from fer_kaggle import atomic, cli
 from fer_kaggle.atomic import save_npz
+from fer_kaggle.inputs import demo_head as _head
 
-DEMO = Path(__file__).resolve().parents[1] / "fer_kaggle" / "demo_data"
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
         "--device", "cpu", "--amp", "off", "--budget", "0"]
 UNIT = "round0/fer_vgg_tiny-*/fold0"
 
 
-def _head(name, rows, path):
-    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
-    return path
 
 
 class Run:

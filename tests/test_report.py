@@ -1,6 +1,5 @@
 """The analysis report of a small real run: every section, every figure, numbers equal to the run's files."""
 import json
-import lzma
 import os
 import re
 import shutil
@@ -15,18 +14,14 @@ import pytest
 from fer_kaggle import inputs, pipeline, report
 from fer_kaggle.config import PRESETS
 from fer_kaggle.data import CLASS_NAMES
+from fer_kaggle.inputs import demo_head as _head
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
             "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
             "10. Held-out test accuracy", "11. Train against test: the shift check", "12. Time budget"]
 
 
-def _head(name, rows, path):
-    lines = lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The run folder: a run never hands back units of other settings, the lock, the default run, the cache."""
 import json
-import lzma
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import torch
 from fer_kaggle import cli, pipeline, runfolder
 from fer_kaggle.errors import FerKaggleError
 from fer_kaggle.runfolder import RunFolder
+from fer_kaggle.inputs import demo_head as _head
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fer_kaggle" / "demo_data"
@@ -21,9 +21,6 @@ TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--ep
         "--device", "cpu", "--amp", "off"]
 
 
-def _head(name, rows, path):
-    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -1,18 +1,13 @@
 """--time-limit: the run stops cleanly after an epoch (exit 3, nothing half-written), and the same
 command without it continues where it stopped, to the same submission as a run never stopped."""
-import lzma
-from pathlib import Path
 
 from fer_kaggle import pipeline
+from fer_kaggle.inputs import demo_head as _head
 
-DEMO = Path(__file__).resolve().parents[1] / "fer_kaggle" / "demo_data"
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "2", "--no-pseudo",
         "--device", "cpu"]
 
 
-def _head(name, rows, path):
-    path.write_text("\n".join(lzma.open(DEMO / name, "rt").read().splitlines()[:rows + 1]) + "\n")
-    return path
 
 
 def test_time_limit_stops_after_an_epoch_and_the_same_command_resumes(tmp_path, capsys):
