@@ -1,11 +1,5 @@
-import signal
-import sys
+"""`python -m fer_kaggle ...` (what run.sh runs) is `fer-kaggle ...`."""
+from fer_kaggle.cli import run_program
 
-from ._startup import quiet_interrupts
-
-if __name__ == "__main__":  # guarded: a spawned unit worker (executor.LocalPool) imports this module too
-    with quiet_interrupts():
-        from .cli import main
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a Ctrl-C now would only interrupt Python's own exit
-    sys.exit(code)
+if __name__ == "__main__":  # guarded: a spawned unit worker (run/executor.py's LocalPool) imports this module too
+    run_program()

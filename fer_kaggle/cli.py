@@ -15,23 +15,22 @@ The options of `run` come from config.Config (name, type, help) and show each pr
 import argparse
 import dataclasses
 import importlib
-import os
+import signal
 import sys
 from pathlib import Path
 
-from .config import PRESETS, Config
-from ._startup import quiet_interrupts
-from .errors import FerKaggleError, machine_fault
-
-HOME = Path(os.environ.get("FER_KAGGLE_HOME", "."))  # run.sh sets it to the project root
+from fer_kaggle._startup import quiet_interrupts
+from fer_kaggle.core.config import PRESETS, Config
+from fer_kaggle.core.errors import FerKaggleError, TimeLimitReached, machine_fault
+from fer_kaggle.core.runfolder import HOME, find_default_run
 
 COMMANDS = {  # word -> (module, one line of help); a module has add_arguments(parser) and command(args)
-    "run": ("pipeline", "the whole competition run: folds, units, TTA, ensemble, pseudo-labels, submission"),
-    "ensemble": ("ensemble", "re-blend a run's models on disk into a submission"),
-    "report": ("report", "the analysis report of a finished run (index.html and report.md)"),
-    "predict": ("predict", "emotions of the faces in photos or image folders, with a finished run"),
-    "export": ("export", "a finished run's ensemble (or one unit) as one ONNX graph"),
-    "bench": ("bench", "speed of training and inference, recipe ablations, a command's time and memory"),
+    "run": ("run.pipeline", "the whole competition run: folds, units, TTA, ensemble, pseudo-labels, submission"),
+    "ensemble": ("blend.ensemble", "re-blend a run's models on disk into a submission"),
+    "report": ("analysis.report", "the analysis report of a finished run (index.html and report.md)"),
+    "predict": ("serve.predict", "emotions of the faces in photos or image folders, with a finished run"),
+    "export": ("serve.export", "a finished run's ensemble (or one unit) as one ONNX graph"),
+    "bench": ("bench.benchmarks", "speed of training and inference, recipe ablations, a command's time and memory"),
 }
 READS_A_RUN = {"ensemble", "report", "predict", "export"}  # --workdir defaults to the run finished last
 
@@ -85,7 +84,7 @@ def add_run_arguments(parser):
                         help="TRAIN TEST OUT (CSVs: label,feature and id,feature, or emotion,pixels and pixels; "
                         "or two image folders), or DATA OUT (fer2013.csv, icml_face_data.csv, or a folder with "
                         "train/ and test/), or nothing for the bundled demo; CSVs may be .gz or .xz")
-    from .inputs import FORMATS
+    from fer_kaggle.data.inputs import FORMATS
     parser.add_argument("--format", choices=FORMATS, help="insist on one input form instead of recognising it")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="bundle of settings (default: demo without "
                         "files; with files, full where a CUDA device is present and cpu where not)")
@@ -123,7 +122,6 @@ def build_parser(command=None):
 def _default_run(args):
     """Fill --workdir of a command that reads a run, and say which run it is."""
     if getattr(args, "workdir", None) is None:
-        from .runfolder import find_default_run
         folder, why = find_default_run(HOME)
         args.workdir = folder.path
         print(f"run folder: {folder} ({why})", file=sys.stderr)
@@ -140,13 +138,17 @@ def main(argv=None):
         command, rest = split_command(argv)
         args = build_parser(command).parse_args([command, *rest])
         module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
-        from .train import TimeLimitReached
     try:
         if command in READS_A_RUN:
             _default_run(args)
         if getattr(args, "submissions", "") is None:  # run and ensemble: this project's submissions/
             args.submissions = HOME / "submissions"
-        return module.command(args)
+        code = module.command(args)
+        if command == "run" and args.report is not None:  # here: the analysis layer sits above the run's
+            from fer_kaggle.analysis import report  # matplotlib, captum, torchinfo: loaded only when asked for
+            report.build(args.workdir, args.report)
+            print(f"report: {args.report / 'index.html'} (and report.md)")
+        return code
     except FerKaggleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -163,3 +165,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume where it stopped", file=sys.stderr)
         return 130
+
+
+def run_program(command=None):
+    """`python -m fer_kaggle[.command] ARGS`: main, then the process's exit status."""
+    code = main(([command] if command else []) + sys.argv[1:])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a Ctrl-C now would only interrupt Python's own exit
+    sys.exit(code)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from fer_kaggle.data import read_test, read_train
+from fer_kaggle.data.competition import read_test, read_train
+from fer_kaggle.data.inputs import DEMO_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Budgeted runs cache this machine's measured speeds (budget.cache_file): the suite's own cache, shared by
 # its runs and subprocesses, never the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+DEMO = DEMO_DATA  # the bundled sample: real rows of the competition files
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +33,7 @@ def demo_test():
 @pytest.fixture(scope="session")
 def small_unit_data(demo_train, demo_test):
     """A unit's arrays, small enough to train in seconds on a CPU."""
-    from fer_kaggle.train import UnitData
+    from fer_kaggle.training.train import UnitData
     images, labels = demo_train
     ids, test_images = demo_test
     valid = np.arange(300, 400)
@@ -55,10 +56,10 @@ def finished_run(tmp_path_factory, demo_train, demo_test):
     """
     import torch
 
-    from fer_kaggle import ensemble
-    from fer_kaggle.config import PRESETS
-    from fer_kaggle.folds import make_or_load_folds
-    from fer_kaggle.train import Unit, UnitData, train_unit
+    from fer_kaggle.blend import ensemble
+    from fer_kaggle.core.config import PRESETS
+    from fer_kaggle.data.folds import make_or_load_folds
+    from fer_kaggle.training.train import Unit, UnitData, train_unit
 
     tmp = tmp_path_factory.mktemp("finished_run")
     workdir = tmp / "run"
@@ -103,7 +104,7 @@ def interrupt_then_resume(monkeypatch):
     """fn(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1): train a unit with a Ctrl-C in epoch
     `stop_at` (checked to leave it unfinished, its checkpoint at epoch `checkpoint`), then the same call
     again, to the end."""
-    from fer_kaggle import train
+    from fer_kaggle.training import train
 
     def run(cfg, unit, workdir, data, device, stop_at=2, checkpoint=1, pace=None):
         real_epoch, calls = train._train_epoch, []

@@ -4,14 +4,15 @@ import re
 
 import pytest
 
-from fer_kaggle import bench
-from fer_kaggle.inputs import DEMO_TRAIN
+from fer_kaggle import cli
+from fer_kaggle.bench import benchmarks as bench
+from fer_kaggle.data.inputs import DEMO_TRAIN
 
 NUMBER = r"[\d,]+(?:\.\d+)?"
 
 
 def test_train_bench_prints_a_row_per_backbone(capsys):
-    assert bench.main(["train", "--preset", "demo", "--steps", "1", "--device", "cpu"]) == 0
+    assert cli.main(["bench", "train", "--preset", "demo", "--steps", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "host" in out and "device" in out and "synthetic" in out and "epoch s" in out
     peak = float(re.search(rf"matmul runs at ({NUMBER}) GFLOP/s", out).group(1).replace(",", ""))
@@ -36,12 +37,12 @@ def test_train_bench_prints_a_row_per_backbone(capsys):
 def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
     args = ["recipe", str(DEMO_TRAIN), "--epochs", "1", "--rows", "300", "--workdir", str(tmp_path),
             "--variants", "base,EMA 0.999", "--device", "cpu"]
-    assert bench.main(args) == 0
+    assert cli.main(["bench", *args]) == 0
     out = capsys.readouterr().out
     rows = re.findall(rf"^(base|EMA 0\.999)\s+({NUMBER})\s+([+-]{NUMBER})", out, re.MULTILINE)
     assert [name for name, *_ in rows] == ["base", "EMA 0.999"] and rows[0][2] == "+0.0000"
     assert sorted(p.name for p in (tmp_path / "ablation").iterdir()) == ["recipe_EMA_0.999", "recipe_base"]
-    assert bench.main(args) == 0, "a re-run reads the finished units"
+    assert cli.main(["bench", *args]) == 0, "a re-run reads the finished units"
     assert capsys.readouterr().out.count("epoch 1/1") == 0
 
 
@@ -51,7 +52,7 @@ def test_tree_counts_every_process_of_the_tree(capsys):
     import sys
     hold = "import time; block = bytearray(200_000_000); time.sleep(2.5)"
     command = ["bash", "-c", f"'{sys.executable}' -c '{hold}' & '{sys.executable}' -c '{hold}'; wait"]
-    assert bench.main(["tree", "--", *command]) == 0
+    assert cli.main(["bench", "tree", "--", *command]) == 0
     out = capsys.readouterr().out
     peak = float(re.search(r"process tree ([\d.]+) GiB PSS", out).group(1))
     assert peak >= 0.36, out

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_kaggle import budget, pipeline, recipe, train
-from fer_kaggle.budget import Keeper, Plan, Speed, Table, Work, make_plan
-from fer_kaggle.config import PRESETS
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.train import Unit
-from fer_kaggle.inputs import demo_head as _head
+from fer_kaggle import cli
+from fer_kaggle.run import budget
+from fer_kaggle.training import recipe, train
+from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.training.train import Unit
+from fer_kaggle.data.inputs import demo_head as _head
 
 CPU = PRESETS["cpu"]
 
@@ -169,7 +171,7 @@ def test_a_shortened_unit_stopped_and_resumed_ends_as_one_never_stopped(tmp_path
 
 def test_a_unit_behind_its_time_predicts_with_fewer_views_the_plain_image_and_its_flip_first(
         tmp_path, small_unit_data, capsys):
-    from fer_kaggle import tta
+    from fer_kaggle.models import tta
     assert tta.views("ten_crop", 40, count=2) == [(False, (0, 0)), (True, (0, 0))]
     assert tta.views("flip_shift", count=3)[0] == (False, (0, 0)) and len(tta.views("flip_shift", count=3)) == 3
     assert tta.views("flip_shift", count=99) == tta.views("flip_shift")
@@ -256,7 +258,7 @@ SMALL = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--n
 
 def _run(tmp_path, capsys, files, name, *extra):
     out = tmp_path / f"{name}.csv"
-    code = pipeline.main([str(files[0]), str(files[1]), str(out), "--workdir", str(tmp_path / name),
+    code = cli.main([str(files[0]), str(files[1]), str(out), "--workdir", str(tmp_path / name),
                           "--submissions", str(tmp_path / "subs"), *SMALL, *extra])
     return code, out, capsys.readouterr()
 

@@ -1,14 +1,14 @@
 """One command line: `fer-kaggle COMMAND`, `python -m fer_kaggle[.COMMAND]` and `bash run.sh` agree."""
-import importlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from fer_kaggle import cli
-from fer_kaggle.config import PRESETS
+from conftest import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+from fer_kaggle import cli
+from fer_kaggle.core.config import PRESETS
+
 
 
 def _help(capsys, *argv):
@@ -58,9 +58,8 @@ def test_a_word_is_a_command_even_where_a_folder_has_its_name(tmp_path, monkeypa
 @pytest.mark.parametrize("command", ["ensemble", "report", "export", "predict"])
 def test_every_command_reports_errors_the_same_way(command, tmp_path, capsys):
     extra = {"report": ["--out", str(tmp_path / "r")], "export": ["--out", str(tmp_path / "m.onnx")],
-             "predict": [str(ROOT / "fer_kaggle" / "demo_data")]}.get(command, [])
-    module = importlib.import_module(f"fer_kaggle.{command}")
-    code = module.main(["--workdir", str(tmp_path / "nothing"), *extra])
+             "predict": [str(DEMO)]}.get(command, [])
+    code = cli.main([command, "--workdir", str(tmp_path / "nothing"), *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert [line for line in err.splitlines() if line.startswith("error:")] == [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+from conftest import DEMO, ROOT
+
 N_ROWS = 6
 TIMEOUT_S = 180  # a case that wrongly starts training takes minutes: the timeout makes that a failure
 
@@ -246,7 +246,7 @@ def test_missing_train_file(cli):
 
 
 def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
-    from fer_kaggle.pipeline import main
+    from fer_kaggle.cli import main
     code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
                  "--backbones", "fer_vgg_tiny,no_such_net", "--workdir", str(tmp_path / "w")])
     assert code == 2
@@ -257,7 +257,7 @@ def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
 @pytest.mark.slow  # times real steps of the full preset's models
 def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypatch):
     import torch
-    from fer_kaggle.pipeline import main
+    from fer_kaggle.cli import main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
                  "--preset", "full", "--workdir", str(tmp_path / "w")])

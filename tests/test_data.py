@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fer_kaggle.data as data
-from fer_kaggle import inputs
-from fer_kaggle.data import FerKaggleError, read_test, read_train
+from conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+from fer_kaggle.data import competition as data
+from fer_kaggle.data import inputs
+from fer_kaggle.data.competition import FerKaggleError, read_test, read_train
+
 N_ROWS = 6
 
 

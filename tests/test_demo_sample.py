@@ -4,9 +4,10 @@ import json
 import cv2
 import numpy as np
 
-from fer_kaggle import pipeline
-from fer_kaggle.data import fingerprint
-from fer_kaggle.inputs import DEMO_TRAIN
+from fer_kaggle import cli
+from fer_kaggle.run import pipeline
+from fer_kaggle.data.competition import fingerprint
+from fer_kaggle.data.inputs import DEMO_TRAIN
 
 
 def test_bundled_sample_is_sharp_and_stratified(demo_train):
@@ -26,7 +27,7 @@ def test_an_old_demo_folder_is_moved_aside_and_the_demo_runs(tmp_path, capsys):
     (workdir / "folds.json").write_text(json.dumps({"train_fingerprint": "0123456789ab" + "f" * 52,
                                                     "folds": 3, "seed": 2013}))
     (workdir / "round0" / "marker").write_text("the old run")
-    code = pipeline.main(["--workdir", str(workdir), "--epochs", "1", "--no-pseudo",
+    code = cli.main(["--workdir", str(workdir), "--epochs", "1", "--no-pseudo",
                           "--submissions", str(tmp_path / "subs")])
     assert code == 0
     aside = tmp_path / "demo-0123456789ab"

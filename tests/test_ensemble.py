@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle import ensemble
-from fer_kaggle.atomic import save_npz
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.submit import read_submission
+from fer_kaggle import cli
+from fer_kaggle.blend import ensemble
+from fer_kaggle.core.atomic import save_npz
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.blend.submit import read_submission
 
 LABELS = np.array([0, 1, 2, 3, 4, 5, 6, 3])
 FOLDS = np.array([0, 1, 0, 1, 0, 1, 0, 1])
@@ -80,4 +81,4 @@ def test_unfinished_model_is_left_out_and_named(tmp_path, capsys):
 def test_no_run_is_a_clear_error(tmp_path):
     with pytest.raises(FerKaggleError, match="no run here"):
         ensemble.load_models(tmp_path)
-    assert ensemble.main(["--workdir", str(tmp_path)]) == 2
+    assert cli.main(["ensemble", "--workdir", str(tmp_path)]) == 2

@@ -8,15 +8,18 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import executor, pseudo, runfolder, train
-from fer_kaggle.atomic import save_npz
-from fer_kaggle.config import PRESETS
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.executor import (DevicePool, Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential,
-                                 Slots, make_executor)
-from fer_kaggle.pipeline import Rounds
-from fer_kaggle.runfolder import RunFolder
-from fer_kaggle.train import TimeLimitReached, Unit, monitor_rows
+from fer_kaggle.blend import pseudo
+from fer_kaggle.core import runfolder
+from fer_kaggle.core.atomic import save_npz
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.core.errors import TimeLimitReached
+from fer_kaggle.core.runfolder import RunFolder
+from fer_kaggle.run.executor import (DevicePool, Done, Executor, Job, LocalPool, PseudoRows, RunArrays, Sequential,
+                                     Slots)
+from fer_kaggle.run import pipeline
+from fer_kaggle.run.pipeline import Rounds, make_executor
+from fer_kaggle.training.train import Unit, monitor_rows
 
 CFG = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), epochs=1, batch_size=32, device="cpu")
 
@@ -96,10 +99,10 @@ def test_an_error_in_a_worker_stops_the_round_with_its_message(tmp_path, demo_tr
 def test_make_executor(tmp_path, monkeypatch):
     cpu = CFG.replace(device="cpu")
     assert isinstance(make_executor(cpu, tmp_path), Sequential)
-    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(pipeline, "resolve_device", lambda name: torch.device(name))
     assert isinstance(make_executor(cpu.replace(parallel_units=2, device="cuda"), tmp_path), Sequential), \
         "one GPU: units would queue for it"
-    monkeypatch.setattr(executor, "cuda_devices", lambda: ["cuda:0", "cuda:1"])
+    monkeypatch.setattr(pipeline, "cuda_devices", lambda: ["cuda:0", "cuda:1"])
     gpus = make_executor(cpu.replace(device="cuda"), tmp_path)
     assert isinstance(gpus, DevicePool) and gpus.devices == ["cuda:0", "cuda:1"] and gpus.processes == 2
     assert isinstance(make_executor(cpu.replace(device="cuda:1"), tmp_path), Sequential), "--device names one GPU"

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_kaggle import augment, explain
-from fer_kaggle.data import CLASS_NAMES, NUM_CLASSES
-from fer_kaggle.train import build_model
+from fer_kaggle.training import augment
+from fer_kaggle.analysis import explain
+from fer_kaggle.data.competition import CLASS_NAMES, NUM_CLASSES
+from fer_kaggle.models.backbones import build_model
 
 CPU = torch.device("cpu")
 
@@ -297,7 +298,7 @@ def test_figures_are_readable_pngs_with_class_names(tmp_path, faces, figure_text
 def test_load_unit_model_has_the_weights_that_predicted(finished_run):
     """A unit trained with --ema predicts with its EMA weights: the report must explain those, not the raw
     ones (today's main loaded the raw weights)."""
-    from fer_kaggle.runfolder import load_checkpoint
+    from fer_kaggle.core.runfolder import load_checkpoint
     workdir, _ = finished_run
     ema_dir = workdir / "round0/fer_resnet_tiny/fold1"  # ema 0.9
     state = load_checkpoint(ema_dir)

@@ -7,8 +7,9 @@ import onnx
 import pytest
 import torch
 
-from fer_kaggle import export
-from fer_kaggle.inference import load_ensemble
+from fer_kaggle import cli
+from fer_kaggle.serve import export
+from fer_kaggle.serve.inference import load_ensemble
 
 UNIT = "round0/fer_vgg_tiny/fold1"
 
@@ -17,7 +18,7 @@ def _cli(*argv):
     """(exit status, stdout, stderr) of `python -m fer_kaggle.export ARGV`, in this process."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = export.main([str(a) for a in argv])
+        status = cli.main(["export", *map(str, argv)])
     return status, out.getvalue(), err.getvalue()
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_kaggle import atomic, cli
-from fer_kaggle.atomic import save_npz
-from fer_kaggle.inputs import demo_head as _head
+from fer_kaggle.core import atomic
+from fer_kaggle import cli
+from fer_kaggle.core.atomic import save_npz
+from fer_kaggle.data.inputs import demo_head as _head
 
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
         "--device", "cpu", "--amp", "off", "--budget", "0"]
@@ -204,7 +205,7 @@ def test_a_disk_clearly_too_small_is_refused_before_training(undisturbed, tmp_pa
 
 @pytest.mark.slow  # subprocesses: a run, then a trial of kills and a damage, each resumed
 def test_kills_and_damage_at_random_moments_end_in_the_undisturbed_submission():
-    from fer_kaggle.chaos import chaos
+    from fer_kaggle.bench.chaos import chaos
     figures = chaos(trials=1, stops=3, seed=3, damage_share=1.0, log=lambda line: None)
     assert figures["stops"] == 3 and figures["damages"] >= 1
     assert figures["identical"] == 1 and figures["tracebacks"] == 0, figures["failures"]

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.folds import duplicate_groups, make_or_load_folds
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.data.folds import duplicate_groups, make_or_load_folds
 
 
 def test_duplicate_images_share_a_group(demo_train):

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle import heldout, pipeline, report
-from fer_kaggle.data import CLASS_NAMES
+from fer_kaggle import cli
+from fer_kaggle.blend import heldout
+from fer_kaggle.analysis import report
+from fer_kaggle.data.competition import CLASS_NAMES
 
 N_TRAIN, N_PUBLIC, N_PRIVATE = 240, 30, 30
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
@@ -32,7 +34,7 @@ def _write_fer2013(path, images, labels):
 
 
 def _run(capsys, *args):
-    code = pipeline.main([*map(str, args), *TINY])
+    code = cli.main([*map(str, args), *TINY])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     return captured.out

@@ -2,7 +2,6 @@
 
 It runs on the CPU here; the same code runs on CUDA (the last test, skipped without a GPU).
 """
-from pathlib import Path
 
 import albumentations as A
 import cv2
@@ -13,11 +12,13 @@ import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
 from scipy.stats import ks_2samp
 
-from fer_kaggle import augment
-from fer_kaggle.data import read_train
-from fer_kaggle.gpu_augment import BatchAugment
+from conftest import DEMO
 
-TRAIN = Path(__file__).resolve().parents[1] / "fer_kaggle" / "demo_data" / "train.csv.xz"
+from fer_kaggle.training import augment
+from fer_kaggle.data.competition import read_train
+from fer_kaggle.training.gpu_augment import BatchAugment
+
+TRAIN = DEMO / "train.csv.xz"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from fer_kaggle import recipe, train
-from fer_kaggle.train import build_model
+from fer_kaggle import cli
+from fer_kaggle.training import recipe, train
+from fer_kaggle.models.backbones import build_model
 
 
 def test_ema_works_with_a_timm_that_has_no_dtype_argument(monkeypatch):
@@ -45,7 +46,7 @@ def test_importing_the_package_makes_no_network_call():
             "calls = []\n"
             "real = u.build_opener\n"
             "u.build_opener = lambda *a: calls.append(a) or real(*a)\n"
-            "import fer_kaggle.train, fer_kaggle.augment\n"
+            "import fer_kaggle.training.train, fer_kaggle.training.augment\n"
             "print('openers', len(calls))\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -54,9 +55,8 @@ def test_importing_the_package_makes_no_network_call():
 
 
 def test_self_check_says_it_needs_cuda(capsys, monkeypatch):
-    from fer_kaggle import bench
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench.main(["gpu"]) == 2
+    assert cli.main(["bench", "gpu"]) == 2
     assert "bench gpu needs a CUDA device" in capsys.readouterr().err
 
 
@@ -64,8 +64,7 @@ def test_self_check_says_it_needs_cuda(capsys, monkeypatch):
 def test_self_check_runs_its_checks_on_a_cpu(capsys):
     """Everything but the sync count (CUDA only) runs here, small: both augmentation paths agree, the short
     run of the fast recipe stops at its time limit and resumes to a submission, and speeds are printed."""
-    from fer_kaggle import bench
-    code = bench.main(["gpu", "--device", "cpu", "--rows", "600", "--steps", "2",
+    code = cli.main(["bench", "gpu", "--device", "cpu", "--rows", "600", "--steps", "2",
                        "--backbones", "fer_vgg_tiny,fer_resnet_tiny"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -76,8 +75,8 @@ def test_self_check_runs_its_checks_on_a_cpu(capsys):
 
 
 def test_extrapolated_time_scales_with_speed():
-    from fer_kaggle.config import PRESETS
-    from fer_kaggle.selfcheck import extrapolate_minutes
+    from fer_kaggle.core.config import PRESETS
+    from fer_kaggle.bench.selfcheck import extrapolate_minutes
     fast = PRESETS["fast"]
     slow = {b: {"train": 1000.0, "infer": 5000.0} for b in fast.backbones}
     quick = {b: {"train": 2000.0, "infer": 10000.0} for b in fast.backbones}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from fer_kaggle import augment
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.inference import UnitModule, load_ensemble, load_unit
+from fer_kaggle.training import augment
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.serve.inference import UnitModule, load_ensemble, load_unit
 
 SPACE_KEYS = {"prob": "probs", "logit": "probs_logit"}  # the test.npz key of each TTA average
 CROPPED = "round0/fer_resnet_tiny/fold1"  # 44 px crops, EMA weights, ten-crop TTA

@@ -5,11 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_kaggle import data, folders, inputs
-from fer_kaggle.errors import FerKaggleError
+from conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+from fer_kaggle.data import competition as data, folders, inputs
+from fer_kaggle.core.errors import FerKaggleError
+
 N_TRAIN, N_PUBLIC, N_PRIVATE = 30, 8, 7
 USAGE = ["Training"] * N_TRAIN + ["PublicTest"] * N_PUBLIC + ["PrivateTest"] * N_PRIVATE
 

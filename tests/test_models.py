@@ -5,7 +5,7 @@ import torch
 
 import fer_kaggle  # noqa: F401  (registers the backbones)
 
-from fer_kaggle.models import DNN_COUNTERPARTS
+from fer_kaggle.models.backbones import DNN_COUNTERPARTS
 
 FER_MODELS = timm.list_models("fer_*")
 FER_CNNS = [name for name in FER_MODELS if name not in DNN_COUNTERPARTS]
@@ -97,8 +97,8 @@ def test_convnext_tiny_learns_real_faces(demo_train):
 
 
 def test_auto_optimizer_is_adamw_for_convnext_and_sgd_for_batch_norm_nets():
-    from fer_kaggle.config import PRESETS
-    from fer_kaggle.models import unit_config
+    from fer_kaggle.core.config import PRESETS
+    from fer_kaggle.models.backbones import unit_config
     cfg = PRESETS["full"]
     assert cfg.optimizer == "auto"
     convnext = unit_config(cfg, "fer_convnext")
@@ -118,7 +118,7 @@ CPU_BACKBONES = {  # name: (parameter range, final feature map at 48 px)
 
 
 def test_cpu_backbones_are_those_of_the_cpu_preset():
-    from fer_kaggle.config import PRESETS
+    from fer_kaggle.core.config import PRESETS
     assert set(PRESETS["cpu"].backbones) <= set(CPU_BACKBONES)
 
 
@@ -127,9 +127,9 @@ def test_cpu_backbone_shape_and_one_training_step(name, demo_train):
     """Size and final map at 48 px; then the cpu preset's own training step (bf16 autocast where native,
     channels-last, AdamW, label smoothing) on 128 real faces: the loss is finite, every weight moves,
     and a few more steps lower the loss on those faces."""
-    from fer_kaggle import recipe
-    from fer_kaggle.config import PRESETS
-    from fer_kaggle.train import make_step
+    from fer_kaggle.training import recipe
+    from fer_kaggle.core.config import PRESETS
+    from fer_kaggle.training.train import make_step
     (low, high), final_map = CPU_BACKBONES[name]
     images, labels = demo_train
     x = ((torch.from_numpy(images[:128]).float().div(255).unsqueeze(1) - 0.5) / 0.25)

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import predict
-from fer_kaggle.data import CLASS_NAMES
-from fer_kaggle.inference import load_ensemble
+from fer_kaggle import cli
+from fer_kaggle.serve import predict
+from fer_kaggle.data.competition import CLASS_NAMES
+from fer_kaggle.serve.inference import load_ensemble
 
 # Demo train row 300 (outside the 300 rows the fixture run trains on): a frontal face that OpenCV's
 # Haar cascade finds once, at IoU 0.93-0.98 with the pasted square, at 160-256 px, anywhere on a noisy
@@ -24,7 +25,7 @@ PHOTO_SHAPE = (400, 520)
 def _cli(*argv):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = predict.main([str(a) for a in argv])
+        status = cli.main(["predict", *map(str, argv)])
     return status, out.getvalue(), err.getvalue()
 
 

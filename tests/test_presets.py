@@ -1,9 +1,10 @@
 """The automatic preset choice (by a seam, not a GPU) and the cpu preset's own settings."""
 import pytest
 
-from fer_kaggle import pipeline
-from fer_kaggle.config import PRESETS
-from fer_kaggle.inputs import DEMO_TEST, DEMO_TRAIN
+from fer_kaggle import cli
+from fer_kaggle.run import pipeline
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN
 
 
 @pytest.mark.parametrize("asked, demo, cuda, chosen", [
@@ -29,11 +30,11 @@ def test_files_without_preset_run_the_machines_preset_and_say_so(cuda, chosen, w
     monkeypatch.setattr(pipeline, "cuda_available", lambda: cuda)
     monkeypatch.setattr(pipeline, "run", lambda cfg, *rest, **kw: ran.append(cfg))
     paths = [str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path / "w")]
-    assert pipeline.main(paths) == 0
+    assert cli.main(paths) == 0
     assert ran[-1] == PRESETS[chosen].replace(preset=chosen)
     first_line = capsys.readouterr().out.splitlines()[0]
     assert first_line.startswith(f"preset {chosen} (chosen automatically") and why in first_line
-    assert pipeline.main(paths + ["--preset", "demo"]) == 0
+    assert cli.main(paths + ["--preset", "demo"]) == 0
     assert ran[-1].preset == "demo" and capsys.readouterr().out.startswith("preset demo (--preset)")
 
 
@@ -51,7 +52,7 @@ def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_pa
     """The preset's whole pipeline (one epoch, on 2,400 rows): folds, units (one at a time, or two side by
     side in the local process pool), TTA, ensemble, submission."""
     out = tmp_path / "out.csv"
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
                           "--parallel-units", str(parallel_units),
                           "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])
     assert code == 0

@@ -2,8 +2,8 @@
 import numpy as np
 import pandas as pd
 
-from fer_kaggle import pseudo
-from fer_kaggle.atomic import save_npz
+from fer_kaggle.blend import pseudo
+from fer_kaggle.core.atomic import save_npz
 
 
 def test_select_keeps_confident_rows():
@@ -48,7 +48,7 @@ def test_teachers_are_averaged(tmp_path):
 def test_ceiling_is_what_a_model_fitted_with_label_smoothing_outputs():
     """Logits fitted to smoothed one-hot targets converge to the ceiling, not to 1."""
     import torch
-    from fer_kaggle import recipe
+    from fer_kaggle.training import recipe
     for smoothing in (0.0, 0.1, 0.2):
         logits = torch.zeros(1, 7, requires_grad=True)
         optimizer = torch.optim.SGD([logits], lr=5.0)

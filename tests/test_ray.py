@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fer_kaggle import pipeline
-from fer_kaggle.inputs import DEMO_TEST, DEMO_TRAIN
+from fer_kaggle import cli
+from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN
 
 # no usage statistics, no authentication token to hand around between the test's processes
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -51,7 +51,7 @@ def _run(tmp, name, *options, capsys=None):
     """The pipeline on the bundled sample in `tmp/name`; (exit code, stdout+stderr, run folder)."""
     workdir = tmp / name
     workdir.mkdir()
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"), "--workdir", str(workdir),
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"), "--workdir", str(workdir),
                           "--submissions", str(workdir / "subs"), *TINY, *options])
     printed = capsys.readouterr() if capsys else None
     return code, (printed.out + printed.err) if printed else "", workdir
@@ -183,7 +183,7 @@ def test_a_two_node_cluster_trains_units_on_both_nodes(reference, cluster, tmp_p
 def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, capsys):
     address, hidden, worker_id = cluster[:3]
     capsys.readouterr()
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(hidden / "out.csv"), "--workdir", str(hidden / "run"),
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(hidden / "out.csv"), "--workdir", str(hidden / "run"),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "1"])
     err = capsys.readouterr().err
     assert code == 2
@@ -196,7 +196,7 @@ def test_a_run_folder_a_node_cannot_see_is_refused_naming_that_node(cluster, cap
 @pytest.mark.slow
 def test_more_threads_than_a_node_has_is_refused(cluster, tmp_path, capsys):
     address = cluster[0]
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray", "--ray-address", address, "--unit-threads", "2"])
     assert code == 2
     assert "each unit asks for 2 CPU threads but the largest Ray node has 1 CPUs" in capsys.readouterr().err
@@ -315,7 +315,7 @@ def test_a_node_dying_mid_unit_has_its_unit_finished_on_the_other_node(cluster, 
 
 def test_without_ray_the_error_says_how_to_add_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray"])
     assert code == 2
     assert "--executor ray needs Ray, an optional extra: pip install 'fer_kaggle[ray]'" in capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_an_address_where_nothing_listens_is_refused_at_once(by, tmp_path, capsy
     address = ["--ray-address", given] if by != "RAY_ADDRESS" else []
     monkeypatch.setenv("RAY_ADDRESS", given if by == "RAY_ADDRESS" else "127.0.0.1:1")
     started = time.monotonic()
-    code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                           *TINY, "--executor", "ray", *address])
     assert code == 2 and time.monotonic() - started < 10
     head = "--ray-client-server-port" if by == "ray://" else "--port"
@@ -343,7 +343,7 @@ def test_a_ray_client_address_without_ray_client_installed_says_what_to_install(
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        code = pipeline.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
+        code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir", str(tmp_path),
                               *TINY, "--executor", "ray", "--ray-address", f"ray://127.0.0.1:{port}"])
     assert code == 2
     assert (f"cannot join the Ray cluster at ray://127.0.0.1:{port}: Ray Client requires pip package `ray[client]`"

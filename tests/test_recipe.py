@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import recipe, train
-from fer_kaggle.config import PRESETS
-from fer_kaggle.train import Unit, UnitData, train_unit
+from fer_kaggle.training import recipe, train
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.core.errors import TimeLimitReached
+from fer_kaggle.training.train import Unit, UnitData, train_unit
 
 CPU = torch.device("cpu")
 
@@ -128,7 +129,7 @@ def test_time_limit_stops_after_an_epoch_and_a_rerun_finishes(tmp_path, small_un
     import time
     cfg = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=3, batch_size=32)
     unit = Unit(0, "fer_vgg_tiny", 0)
-    with pytest.raises(train.TimeLimitReached, match="stopped after epoch 1 of 3"):
+    with pytest.raises(TimeLimitReached, match="stopped after epoch 1 of 3"):
         train_unit(cfg, unit, tmp_path, small_unit_data, CPU, deadline=time.monotonic())
     assert torch.load(unit.dir(tmp_path) / "checkpoint.pt", weights_only=True)["epoch"] == 1
     metrics = train_unit(cfg, unit, tmp_path, small_unit_data, CPU)
@@ -161,7 +162,7 @@ def test_device_augmentation_path_trains_and_resumes_identically(tmp_path, small
 
 
 def _pipeline(cfg):
-    from fer_kaggle import augment
+    from fer_kaggle.training import augment
     return augment.train_pipeline(0.5, 0.25, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
 
 

@@ -4,19 +4,22 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle import inputs, pipeline, report
-from fer_kaggle.config import PRESETS
-from fer_kaggle.data import CLASS_NAMES
-from fer_kaggle.inputs import demo_head as _head
 
-ROOT = Path(__file__).resolve().parents[1]
+
+from fer_kaggle import cli
+from fer_kaggle.data import inputs
+from fer_kaggle.run import pipeline
+from fer_kaggle.analysis import report
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.data.competition import CLASS_NAMES
+from fer_kaggle.data.inputs import demo_head as _head
+
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
             "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
             "10. Held-out test accuracy", "11. Train against test: the shift check", "12. Time budget"]
@@ -115,7 +118,7 @@ def test_missing_parts_are_named(tmp_path):
     train, test = _head("train.csv.xz", 300, tmp_path / "train.csv"), _head("test.csv.xz", 40, tmp_path / "t.csv")
     cfg = PRESETS["demo"].replace(backbones=("fer_resnet_tiny",), folds=2, epochs=1, pseudo=False)
     pipeline.run(cfg, inputs.resolve([train, test]), None, tmp_path / "run", tmp_path / "subs")
-    assert report.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    assert cli.main(["report", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert markdown.count("Not in this run") == 3  # DNN, ablations, pseudo-labelling
     assert "## 9. Ensemble" in markdown
@@ -123,7 +126,7 @@ def test_missing_parts_are_named(tmp_path):
 
 
 def test_no_run_is_a_clear_error(tmp_path, capsys):
-    assert report.main(["--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["report", "--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     assert "no run here" in capsys.readouterr().err
 
 
@@ -152,13 +155,13 @@ def test_unfinished_run_leaves_no_report(tmp_path, built):
     shutil.copytree(run_dir, partial)
     for metrics in partial.glob("round*/*/fold1/metrics.json"):
         metrics.unlink()  # no model has all its folds any more
-    assert report.main(["--workdir", str(partial), "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["report", "--workdir", str(partial), "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob("r.tmp-*"))
 
 
 def test_failing_step_leaves_no_half_written_report(tmp_path, built, capsys):
     run_dir, _ = built
-    assert report.main(["--workdir", str(run_dir), "--out", str(tmp_path / "r"), "--layer", "no.such"]) == 2
+    assert cli.main(["report", "--workdir", str(run_dir), "--out", str(tmp_path / "r"), "--layer", "no.such"]) == 2
     assert "--layer no.such: no such convolution" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob("r.tmp-*"))
 

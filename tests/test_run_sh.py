@@ -5,17 +5,16 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fer_kaggle.data import read_test
-from fer_kaggle.submit import read_submission
+from conftest import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+from fer_kaggle.data.competition import read_test
+from fer_kaggle.blend.submit import read_submission
+
 
 
 def run_sh(*args, **kwargs):

@@ -4,19 +4,20 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fer_kaggle import cli, pipeline, runfolder
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.runfolder import RunFolder
-from fer_kaggle.inputs import demo_head as _head
+from conftest import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fer_kaggle" / "demo_data"
+from fer_kaggle import cli
+from fer_kaggle.run import pipeline
+from fer_kaggle.core import runfolder
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.core.runfolder import RunFolder
+from fer_kaggle.data.inputs import demo_head as _head
+
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
         "--device", "cpu", "--amp", "off"]
 
@@ -29,7 +30,7 @@ def tiny_run(tmp_path, capsys):
     train, test = _head("train.csv.xz", 300, tmp_path / "train.csv"), _head("test.csv.xz", 40, tmp_path / "test.csv")
 
     def run(*options):
-        code = pipeline.main([str(train), str(test), str(tmp_path / "out.csv"), "--workdir", str(tmp_path / "run"),
+        code = cli.main([str(train), str(test), str(tmp_path / "out.csv"), "--workdir", str(tmp_path / "run"),
                               "--submissions", str(tmp_path / "subs"), *TINY, *options])
         printed = capsys.readouterr()
         assert code == 0, printed.err[-2000:]
@@ -88,35 +89,11 @@ def test_a_new_pseudo_threshold_retrains_round1_only(tiny_run, tmp_path):
     assert len(list((tmp_path / "run" / "round1").glob("pseudo_labels-*.csv"))) == 2
 
 
-def test_key_holds_what_changes_weights_or_predictions():
-    cfg = pipeline.PRESETS["demo"]
-    device = torch.device("cpu")
-    fingerprints = ("train-fp", "test-fp")
-
-    def key(changes, round_=0, teachers=None, data=fingerprints):
-        return pipeline.unit_key(cfg.replace(**changes), round_, "fer_vgg_tiny", device, data, teachers)[0]
-
-    base = key({})
-    # the amp setting that changes the arithmetic here: "auto" is bf16 on a CPU with native bf16, else float32
-    other_amp = "off" if pipeline.autocast_dtype("auto", device) is not None else "bf16"
-    for change in ({"epochs": 13}, {"lr": 1e-3}, {"tta": "none"}, {"crop": 44}, {"seed": 1}, {"amp": other_amp},
-                   {"augment_on": "device"}, {"erase": 0.2}):
-        assert key(change) != base, change
-    assert key({}, data=("other-train", "test-fp")) != base
-    assert key({}, data=("train-fp", "other-test")) != base
-    for change in ({"time_limit": 5.0}, {"workers": 3}, {"monitor_rows": 7}, {"parallel_units": 2},
-                   {"pseudo_threshold": 0.5}, {"pseudo_soft": True}, {"compile": True}, {"ablation": True}):
-        assert key(change) == base, change
-    for change in ({"executor": "ray"}, {"ray_address": "10.0.0.1:6379"}, {"unit_threads": 1}, {"budget": 30.0}):
-        assert key(change) == base, change
-    assert key({"pseudo_threshold": 0.5}, 1, ["round0/a-1"]) != key({}, 1, ["round0/a-1"]) != key({}, 1, ["round0/a-2"])
-
-
 # ---------------------------------------------------------------- the lock
 
 def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
     with RunFolder(tmp_path / "run").lock():
-        code = pipeline.main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "o.csv"),
+        code = cli.main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "o.csv"),
                               "--workdir", str(tmp_path / "run"), *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "in use by a run still going" in err and f"process {os.getpid()}" in err
@@ -125,7 +102,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom fer_kaggle.runfolder import RunFolder\n"
+        [sys.executable, "-c", "import sys, time\nfrom fer_kaggle.core.runfolder import RunFolder\n"
          f"with RunFolder({str(tmp_path / 'run')!r}).lock():\n    print('held', flush=True)\n    time.sleep(120)"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline().strip() == "held"
@@ -167,10 +144,9 @@ def test_ensemble_with_no_options_after_the_demo(finished_run, tmp_path, monkeyp
     folds/demo): today's main said "folds: no run here"."""
     import shutil
 
-    from fer_kaggle import ensemble
     shutil.copytree(finished_run[0], tmp_path / "folds" / "demo")
     monkeypatch.setattr(cli, "HOME", tmp_path)
-    assert ensemble.main([]) == 0
+    assert cli.main(["ensemble"]) == 0
     printed = capsys.readouterr()
     assert f"run folder: {tmp_path / 'folds' / 'demo'}" in printed.err
     assert list((tmp_path / "submissions").glob("*.csv"))

@@ -5,10 +5,11 @@ import lzma
 import numpy as np
 import pytest
 
-from fer_kaggle import pipeline, shift
-from fer_kaggle.bench import blurred, contrast_stretched
-from fer_kaggle.data import NUM_CLASSES
-from fer_kaggle.inputs import DEMO_TEST, DEMO_TRAIN
+from fer_kaggle import cli
+from fer_kaggle.data import shift
+from fer_kaggle.bench.benchmarks import blurred, contrast_stretched
+from fer_kaggle.data.competition import NUM_CLASSES
+from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_strict_shift_stops_before_training(tmp_path, demo_test, capsys):
     _write(test, "id,feature", [f"{i},{' '.join(map(str, face.ravel()))}" for i, face in zip(ids, blurred(images, 1.0))])
     argv = [str(DEMO_TRAIN), str(test), str(tmp_path / "out.csv"), "--workdir", str(tmp_path / "run"),
             "--preset", "demo", "--strict-shift"]
-    assert pipeline.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "error: --strict-shift:" in err and "blurrier than train" in err and "nothing was trained" in err
     assert err.count("warning:") == 1 and str(test) in err
@@ -113,8 +114,8 @@ def test_a_collapsed_teacher_is_warned_and_gets_no_pseudo_labels():
 
 
 def test_the_guard_empties_the_refused_folds_table(tmp_path):
-    from fer_kaggle import pseudo
-    from fer_kaggle.atomic import save_npz
+    from fer_kaggle.blend import pseudo
+    from fer_kaggle.core.atomic import save_npz
     ids = np.arange(50)
     for fold in range(2):
         save_npz(tmp_path / f"round0/a/fold{fold}/test.npz", ids=ids, probs=_probs(np.zeros(50, int)))
@@ -132,7 +133,7 @@ def test_the_run_says_why_a_fold_gets_no_pseudo_labels(tmp_path, monkeypatch, ca
     lines = lzma.open(DEMO_TRAIN, "rt").read().splitlines()[:301]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(shift, "pseudo_guard", lambda figures: "collapsed (a test)")
-    code = pipeline.main([str(tmp_path / "train.csv"), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir",
+    code = cli.main([str(tmp_path / "train.csv"), str(DEMO_TEST), str(tmp_path / "out.csv"), "--workdir",
                           str(tmp_path / "run"), "--submissions", str(tmp_path / "subs"), "--preset", "demo",
                           "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--pseudo",
                           "--pseudo-threshold", "0.2"])

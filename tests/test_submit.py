@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.submit import read_submission, write_submission
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.blend.submit import read_submission, write_submission
 
 
 def test_round_trip_keeps_order(tmp_path):
@@ -38,7 +38,7 @@ def test_string_ids_round_trip(tmp_path):
 
 
 def test_out_path_refuses_to_overwrite_data(tmp_path):
-    from fer_kaggle.submit import check_out_path
+    from fer_kaggle.blend.submit import check_out_path
     data = tmp_path / "test.csv"
     data.write_text("id,feature\n1,0 0 0\n")
     with pytest.raises(FerKaggleError, match=r"test.csv: exists and is not a submission.*'id,feature'"):

@@ -1,8 +1,8 @@
 """--time-limit: the run stops cleanly after an epoch (exit 3, nothing half-written), and the same
 command without it continues where it stopped, to the same submission as a run never stopped."""
 
-from fer_kaggle import pipeline
-from fer_kaggle.inputs import demo_head as _head
+from fer_kaggle import cli
+from fer_kaggle.data.inputs import demo_head as _head
 
 TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "2", "--no-pseudo",
         "--device", "cpu"]
@@ -15,7 +15,7 @@ def test_time_limit_stops_after_an_epoch_and_the_same_command_resumes(tmp_path, 
 
     def run(name, *extra):
         out = tmp_path / f"{name}.csv"
-        code = pipeline.main([str(train), str(test), str(out), "--workdir", str(tmp_path / name),
+        code = cli.main([str(train), str(test), str(out), "--workdir", str(tmp_path / name),
                               "--submissions", str(tmp_path / "subs"), *TINY, *extra])
         return code, out, capsys.readouterr()
 

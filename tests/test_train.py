@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_kaggle import train
-from fer_kaggle.config import PRESETS
-from fer_kaggle.errors import FerKaggleError
-from fer_kaggle.train import Unit, UnitData, train_unit
+from fer_kaggle.training import train
+from fer_kaggle.core.config import PRESETS
+from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.training.train import Unit, UnitData, train_unit
 
 CFG = PRESETS["demo"].replace(backbones=("fer_vgg_tiny",), epochs=2, batch_size=32, tta="flip_shift")
 UNIT = Unit(0, "fer_vgg_tiny", 0)
@@ -113,7 +113,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path, small_unit_data):
 def test_a_non_finite_loss_mid_run_saves_no_update_made_from_it(tmp_path, small_unit_data, monkeypatch):
     """The check lives on the device (no host sync per step) and is read at the epoch's end: epoch 2's
     NaN stops the unit, and its checkpoint still holds epoch 1's finite weights."""
-    from fer_kaggle import recipe
+    from fer_kaggle.training import recipe
     real_loss, calls = recipe.loss, []
     steps_per_epoch = len(small_unit_data.train_images) // CFG.batch_size
 
@@ -131,7 +131,7 @@ def test_a_non_finite_loss_mid_run_saves_no_update_made_from_it(tmp_path, small_
 
 
 def test_image_size_resizes_in_both_pipelines():
-    from fer_kaggle import augment
+    from fer_kaggle.training import augment
     image = np.zeros((48, 48), dtype=np.uint8)
     for pipeline in (augment.train_pipeline(0.5, 0.25, "full", 64), augment.eval_pipeline(0.5, 0.25, 64)):
         assert pipeline(image=image)["image"].shape == (1, 64, 64)
@@ -159,7 +159,7 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_as_one_never_stopped(tmp
 
 
 def test_a_gpu_without_bf16_trains_in_fp16_and_one_with_it_in_bf16(monkeypatch):
-    from fer_kaggle.train import autocast_dtype
+    from fer_kaggle.training.train import autocast_dtype
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert autocast_dtype("auto", cuda) == torch.float16 and autocast_dtype("bf16", cuda) == torch.bfloat16

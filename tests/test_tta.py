@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fer_kaggle.train import build_model
-from fer_kaggle.tta import average, predict_views, view, views
+from fer_kaggle.models.backbones import build_model
+from fer_kaggle.models.tta import average, predict_views, view, views
 
 
 @pytest.mark.parametrize("tta, count", [("none", 1), ("flip", 2), ("flip_shift", 10)])

@@ -1,0 +1,632 @@
+"""Stage 3b: the plan: the work that fits the time the user gives (`--budget MINUTES`), and keeping to it.
+
+    measure_speeds  seconds per training image and per predicted view of each backbone, timed here on real
+                    batches with the run's own pipeline, dtype and threads; cached per machine
+    Table           measured OOF accuracy against epochs per unit, per preset recipe (budget_table.json:
+                    fold 0 of the full FER2013 train file; `python -m fer_kaggle.bench table` re-measures it)
+    make_plan       the plan predicted to give the best ensemble OOF within the time left: which backbones,
+                    how many epochs each, whether a pseudo-labelling round fits
+    Keeper          during the run: each unit's epochs when it starts (its share of the time left, at the
+                    speed measured so far), and after each epoch the epoch it must end at
+    Replay          a plan an earlier run recorded (`--plan run_folder/plan.json`), followed exactly
+
+Training FLOPs make the table machine-independent: the table says what epochs buy, the speed measured
+here says what they cost. The plan never looks at test labels; the table holds OOF accuracy only.
+"""
+import itertools
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_kaggle.training import augment, recipe
+from fer_kaggle.core.atomic import read_json, write_json
+from fer_kaggle.core.config import SESSION, fields_with
+from fer_kaggle.core.errors import DamagedFile, FerKaggleError
+from fer_kaggle.models.backbones import unit_config
+from fer_kaggle.core.runfolder import short_hash
+from fer_kaggle.models import tta
+from fer_kaggle.training.train import augment_on, autocast_dtype, make_batches, make_step, synchronize
+
+TABLE_FILE = Path(__file__).with_name("budget_table.json")
+PROBE_ROWS = 4096         # train images the speed probe draws its batches from
+PROBE_SECONDS = 2.0       # timed training per backbone (after two untimed steps), at least PROBE_STEPS steps
+PROBE_STEPS = 3
+PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
+RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints (measured: about 10 s on FER2013)
+SAFETY = 0.02             # share of the budget kept back for what the estimates miss
+PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
+KEPT = ("tta",)           # a setting the Keeper may lower when the run falls behind (fewer views), unless given
+BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
+BEFORE_PLAN_SECONDS = 60  # FER2013: reading the files, the shift check and the folds, before the plan is made
+
+
+# ---------------------------------------------------------------- speed, measured here
+
+def machine_name():
+    """The CPU model and the flags that decide its speed (or the GPU's name), with torch's version."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass  # not Linux: the model name alone
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} [{' '.join(wanted) or 'no AVX2'}], {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def cache_file():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fer_kaggle" / "speed.json"
+
+
+@dataclass
+class Speed:
+    """One backbone's measured cost here, with the run's settings."""
+    train: float   # seconds per training image (forward, backward, step, the batched augmentation)
+    infer: float   # seconds per image and view predicted
+
+
+def _speed_key(cfg, backbone, device, dtype, where):
+    return (f"{backbone} batch {cfg.batch_size} side {cfg.crop or cfg.image_size} {dtype} augment {where} "
+            f"{cfg.augment} on {device.type}")
+
+
+def measure_speeds(cfg, backbones, images, labels, device, use_cache=True):
+    """({backbone: Speed}, how): timed here (seconds), or read from this machine's cache."""
+    where, dtype = augment_on(cfg, device), autocast_dtype(cfg.amp, device)
+    path, machine = cache_file(), machine_name()
+    cached = _read_cache(path).get(machine, {}) if use_cache else {}
+    speeds, timed = {}, []
+    for backbone in backbones:
+        key = _speed_key(cfg, backbone, device, dtype, where)
+        if key in cached:
+            speeds[backbone] = Speed(**cached[key])
+            continue
+        speeds[backbone] = _time_backbone(unit_config(cfg, backbone), backbone, images, labels, device)
+        cached[key] = asdict(speeds[backbone])
+        timed.append(backbone)
+    if timed and use_cache:
+        everything = _read_cache(path)
+        everything[machine] = cached
+        try:
+            write_json(path, everything)
+        except OSError:
+            pass  # a read-only home: measured again next time, nothing else lost
+    how = f"timed now ({', '.join(timed)})" if timed else f"this machine's cache ({path})"
+    return speeds, how
+
+
+def _read_cache(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: measured again
+
+
+def _time_backbone(cfg, backbone, images, labels, device):
+    """Real training steps of `backbone` (the run's batches, augmentation, dtype, optimizer) and real
+    single-view predictions, timed after two untimed steps (kernel selection, allocator)."""
+    rows = np.random.default_rng(0).permutation(len(images))[:PROBE_ROWS]
+    images, labels = images[rows], labels[rows]
+    targets = recipe.targets(labels)
+    mean, std = augment.normalize_stats(images, cfg.normalize)
+    pipeline = augment.train_pipeline(mean, std, cfg.augment, cfg.image_size, cfg.crop, cfg.erase)
+    batches = make_batches(cfg, images, targets, pipeline, device)
+    rng_state = torch.get_rng_state()
+    step = make_step(cfg, backbone, device, max(1, len(batches)), targets.argmax(1))
+    step.model.train()
+    seen, started, number = 0, None, 0
+    while True:
+        batches.set_epoch_seed(number)
+        for batch_images, batch_targets in batches:
+            if number == 2:
+                synchronize(device)
+                started, seen = time.perf_counter(), 0
+            step(batch_images.to(device), batch_targets.to(device))
+            number += 1
+            seen += len(batch_images)
+            if started is not None and number >= 2 + PROBE_STEPS and time.perf_counter() - started > PROBE_SECONDS:
+                break
+        else:
+            continue
+        break
+    synchronize(device)
+    train = (time.perf_counter() - started) / seen
+    eval_images = augment.to_tensor(images[:1024], augment.eval_pipeline(mean, std, cfg.image_size))
+    for _ in range(2):  # the second pass is timed
+        synchronize(device)
+        begun = time.perf_counter()
+        tta.predict_views(step.eval_model(), eval_images, "none", device, amp_dtype=step.amp_dtype, crop=cfg.crop)
+        synchronize(device)
+    torch.set_rng_state(rng_state)
+    return Speed(train=train, infer=(time.perf_counter() - begun) / len(eval_images))
+
+
+# ---------------------------------------------------------------- what epochs buy: the measured table
+
+class Table:
+    """OOF accuracy of one unit (fold 0) against its epochs, per backbone, for one preset's recipe.
+
+    Between measured epochs it interpolates linearly in log(epochs); below the fewest it falls to chance
+    (1/7 at 0 epochs, linearly); above the most it stays flat, so the plan never counts on a gain nobody
+    measured. A blend's gain over its best member counts only with both at the same epochs, as measured.
+    """
+
+    def __init__(self, entry):
+        self.entry = entry or {}
+        self.models = {name: {int(e): acc for e, acc in model["oof"].items()}
+                       for name, model in self.entry.get("models", {}).items()}
+        self.blends = {tuple(name.split("+")): {int(e): acc for e, acc in oof.items()}
+                       for name, oof in self.entry.get("blends", {}).items()}
+        self.pseudo_gain = self.entry.get("pseudo_gain")
+
+    @classmethod
+    def for_preset(cls, preset, path=TABLE_FILE):
+        return cls(json.loads(Path(path).read_text()).get(preset))
+
+    def knows(self, backbone):
+        return backbone in self.models
+
+    def most_epochs(self, backbone):
+        return max(self.models[backbone])
+
+    def oof(self, backbone, epochs):
+        return _interpolate(self.models[backbone], epochs)
+
+    def blend_gain(self, pair, epochs):
+        """Measured blend accuracy over its best member's with both at `epochs` (interpolated; 0 below 0)."""
+        measured = self.blends.get(tuple(pair)) or self.blends.get(tuple(reversed(pair)))
+        if not measured:
+            return 0.0
+        gains = {e: acc - max(self.models[b][e] for b in pair) for e, acc in measured.items()
+                 if all(e in self.models[b] for b in pair)}
+        return max(0.0, _interpolate(gains, epochs, floor=None)) if gains else 0.0
+
+    def ensemble_oof(self, epochs):
+        """Predicted ensemble OOF of models {backbone: epochs} (all known to the table)."""
+        singles = {b: self.oof(b, e) for b, e in epochs.items()}
+        best = max(singles.values())
+        # a blend's gain is measured with both members at the same epochs: counted only there (a member
+        # trained far less than the other adds little that was measured)
+        gain = max((self.blend_gain(pair, epochs[pair[0]]) for pair in itertools.combinations(epochs, 2)
+                    if epochs[pair[0]] == epochs[pair[1]]), default=0.0)
+        return best + gain
+
+
+def _interpolate(points, x, floor=1 / 7):
+    """Piecewise linear in log(x) through `points` {x: y}; flat above; towards `floor` at 0 below."""
+    xs = sorted(points)
+    if x >= xs[-1]:
+        return points[xs[-1]]
+    if x <= xs[0]:
+        return points[xs[0]] if floor is None else floor + (points[xs[0]] - floor) * x / xs[0]
+    high = next(i for i, v in enumerate(xs) if v >= x)
+    a, b = xs[high - 1], xs[high]
+    t = (math.log(x) - math.log(a)) / (math.log(b) - math.log(a))
+    return points[a] + t * (points[b] - points[a])
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass
+class Work:
+    """What the run has to do, in numbers: rows per unit and what each backbone costs per epoch here."""
+    folds: int
+    train_rows: int      # training rows of one unit (the rows outside its fold)
+    predict_rows: int    # held-out and test rows one unit predicts
+    monitor_rows: int    # held-out rows checked after each epoch
+    views: int           # TTA views per predicted row
+    test_rows: int
+    speeds: dict         # {backbone: Speed}
+    fewest_views: int = 2  # the fewest TTA views the Keeper may cut a unit's prediction to (tta.fewest_views)
+    side_by_side: int = 1  # units running at once at the measured speed (one per GPU on a several-GPU machine)
+
+    def epoch_seconds(self, backbone, student=False):
+        rows = self.train_rows + (round(PSEUDO_SHARE * self.test_rows) if student else 0)
+        speed = self.speeds[backbone]
+        return rows * speed.train + self.monitor_rows * speed.infer
+
+    def predict_seconds(self, backbone):
+        return self.predict_rows * self.views * self.speeds[backbone].infer
+
+    def unit_seconds(self, backbone, epochs, student=False):
+        return epochs * self.epoch_seconds(backbone, student) + self.predict_seconds(backbone)
+
+    def run_seconds(self, epochs, pseudo):
+        """Training and prediction of every unit of models {backbone: epochs}, with or without students:
+        round by round (students wait for every teacher), each unit, longest first, on the device free first."""
+        rounds = [[self.unit_seconds(b, e)] * self.folds for b, e in epochs.items()]
+        rounds = [sum(rounds, [])] + ([[self.unit_seconds(b, e, True) for b, e in epochs.items()
+                                        for _ in range(self.folds)]] if pseudo else [])
+        return sum(_makespan(units, self.side_by_side) for units in rounds)
+
+
+def _makespan(seconds, devices):
+    """When the last of units taking `seconds` ends, each started on the device that is free first."""
+    if devices <= 1:
+        return sum(seconds)
+    ends = [0.0] * devices
+    for unit in sorted(seconds, reverse=True):
+        ends[ends.index(min(ends))] += unit
+    return max(ends)
+
+
+@dataclass
+class Plan:
+    budget: float                 # minutes
+    backbones: tuple
+    epochs: dict                  # {backbone: epochs per unit}
+    pseudo: bool
+    most: dict                    # {backbone: the most epochs a unit may grow to when the machine is faster}
+    seconds: dict                 # predicted seconds: {"spent", "units", "reserve"}
+    oof: float = None             # predicted ensemble OOF (None: the table does not know these backbones)
+    singles: dict = field(default_factory=dict)   # {backbone: predicted OOF alone}
+    explicit: tuple = ()          # what the command line fixed: obeyed, never re-planned
+    notes: list = field(default_factory=list)
+
+    @property
+    def id(self):
+        """Names the plan in its units' keys: the same command resumed keeps it, another plan trains anew."""
+        return short_hash({"budget": self.budget, "backbones": list(self.backbones), "epochs": self.epochs,
+                           "pseudo": self.pseudo})
+
+    def unit_cfg(self, cfg, backbone):
+        return cfg.replace(epochs=self.epochs[backbone])
+
+    def to_json(self):
+        return {**asdict(self), "backbones": list(self.backbones), "explicit": list(self.explicit), "id": self.id}
+
+    @classmethod
+    def from_json(cls, saved):
+        fields = {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "backbones": tuple(fields["backbones"]), "explicit": tuple(fields["explicit"])})
+
+
+EPOCH_CHOICES = sorted({*range(1, 13), *range(14, 41, 2), 45, 50, 60, 80, 100})
+
+
+def make_plan(cfg, explicit, work, table, seconds_left, budget):
+    """The plan predicted to give the best ensemble OOF in `seconds_left` (or an error saying what cannot fit).
+
+    `explicit`: the fields the user gave (backbones, epochs, pseudo): kept as given. The rest is chosen:
+    which of the preset's backbones, how many epochs each (up to the table's most), and the pseudo-labelling
+    round when the table says what it gains. Ties in predicted accuracy go to the cheaper plan.
+    """
+    usable = seconds_left - RESERVE_SECONDS - SAFETY * 60 * budget
+    known = all(table.knows(b) for b in cfg.backbones)
+    subsets = [tuple(cfg.backbones)] if "backbones" in explicit or not known else [
+        subset for size in range(len(cfg.backbones), 0, -1) for subset in itertools.combinations(cfg.backbones, size)]
+    pseudo_options = [cfg.pseudo] if "pseudo" in explicit or table.pseudo_gain is None else [False, True]
+    best = None
+    for subset in subsets:
+        for pseudo in pseudo_options:
+            for epochs in _epoch_choices(cfg, subset, explicit, table, known):
+                cost = work.run_seconds(epochs, pseudo)
+                if cost > usable:
+                    continue
+                gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
+                oof = table.ensemble_oof(epochs) + gain if known else None
+                score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
+                if best is None or score > best[0]:
+                    best = (score, subset, epochs, pseudo, oof, cost)
+    if best is None:
+        return _cannot_fit(cfg, explicit, work, table, budget, seconds_left)
+    _, subset, epochs, pseudo, oof, cost = best
+    most = {b: (epochs[b] if "epochs" in explicit else
+                table.most_epochs(b) if known else max(epochs[b], cfg.epochs)) for b in subset}
+    singles = {b: table.oof(b, e) for b, e in epochs.items()} if known else {}
+    notes = [] if known else [f"no measured table for {', '.join(b for b in cfg.backbones if not table.knows(b))} "
+                              f"with preset {cfg.preset}: the epochs fill the time (at most {cfg.epochs} each), "
+                              f"and no accuracy is predicted"]
+    return Plan(budget, subset, epochs, pseudo, most,
+                {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
+                oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes)
+
+
+def _epoch_choices(cfg, subset, explicit, table, known):
+    """Every {backbone: epochs} to weigh: the given epochs, or each backbone's choices up to its ceiling."""
+    if "epochs" in explicit:
+        yield {b: cfg.epochs for b in subset}
+        return
+    if not known:  # no table: the same epochs for all, as many as fit (the most that fits wins by score)
+        for e in range(1, cfg.epochs + 1):
+            yield {b: e for b in subset}
+        return
+    ranges = [[e for e in EPOCH_CHOICES if e <= table.most_epochs(b)] for b in subset]
+    for combo in itertools.product(*ranges):
+        yield dict(zip(subset, combo))
+
+
+def _cannot_fit(cfg, explicit, work, table, budget, seconds_left):
+    one_backbone = "backbones" not in explicit and all(table.knows(b) for b in cfg.backbones)
+    smallest = {b: (cfg.epochs if "epochs" in explicit else 1)
+                for b in (cfg.backbones[:1] if one_backbone else cfg.backbones)}
+    fixed_pseudo = "pseudo" in explicit or table.pseudo_gain is None
+    need = work.run_seconds(smallest, cfg.pseudo and fixed_pseudo)
+    minutes = (60 * budget - seconds_left + need + RESERVE_SECONDS) / 60 / (1 - SAFETY)
+    given = ", ".join(f"--{name}" for name in sorted(explicit & set(PLANNED)))
+    what = f"with {given} as given, " if given else ""
+    raise FerKaggleError(f"--budget {budget:g}: {what}the least this run can do ({_describe_models(smallest)}, "
+                         f"{cfg.folds} folds) takes about {math.ceil(minutes)} minutes on this machine; give "
+                         f"--budget {math.ceil(minutes)} or more" + (", fewer of those options" if given else "")
+                         + ", or --budget 0 to run without a plan")
+
+
+def _describe_models(epochs):
+    return ", ".join(f"{b} {e} epoch{'s' * (e != 1)}" for b, e in epochs.items())
+
+
+def describe(plan, work, how, finish_at):
+    """The plan as one block: each part with its predicted minutes, the finish time, the predicted OOF."""
+    lines = [f"plan for --budget {plan.budget:g} minutes on {machine_name()} (speeds: {how}):"]
+    for b in plan.backbones:
+        e = plan.epochs[b]
+        minutes = work.folds * work.unit_seconds(b, e) / 60
+        alone = f"; OOF {plan.singles[b]:.3f} alone" if b in plan.singles else ""
+        lines.append(f"  {b:<18} {work.folds} folds x {e:>3} epochs   {minutes:6.1f} min "
+                     f"({work.epoch_seconds(b):.1f} s an epoch, {work.predict_seconds(b):.0f} s of TTA a unit){alone}")
+    if plan.pseudo:
+        minutes = work.folds * sum(work.unit_seconds(b, plan.epochs[b], True) for b in plan.backbones) / 60
+        lines.append(f"  {'pseudo-labelling':<18} a student per unit       {minutes:6.1f} min")
+    else:
+        lines.append(f"  {'pseudo-labelling':<18} no")
+    if work.side_by_side > 1:
+        lines.append(f"  {work.side_by_side} units at a time, one per GPU: the parts above take "
+                     f"{plan.seconds['units'] / 60:.1f} min of the clock")
+    lines.append(f"  reading, shift check and folds: {plan.seconds['spent'] / 60:.1f} min so far; the ensemble and "
+                 f"the submission {plan.seconds['reserve'] / 60:.1f} min")
+    total = plan.seconds["spent"] + plan.seconds["units"] + plan.seconds["reserve"]
+    oof = f"; predicted ensemble OOF {plan.oof:.3f}" if plan.oof is not None else ""
+    lines.append(f"  predicted: {total / 60:.1f} minutes in all, done at {time.strftime('%H:%M', time.localtime(finish_at))}"
+                 f"{oof} (budget_table.json; `bash run.sh ... --budget 0` runs the preset as it is)")
+    lines += [f"  note: {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+def curve(cfg, work, table, budgets=BUDGETS, before_plan=BEFORE_PLAN_SECONDS):
+    """[(minutes, the plan, or the reason nothing fits)] for each budget: what each buys on this machine."""
+    points = []
+    for minutes in budgets:
+        try:
+            points.append((minutes, make_plan(cfg, set(), work, table, 60 * minutes - before_plan, minutes)))
+        except FerKaggleError as exc:
+            points.append((minutes, str(exc)))
+    return points
+
+
+def work_for(cfg, train_rows, test_rows, speeds, held_out=None, side_by_side=1):
+    """The Work of a run of `cfg` on files of these sizes (each unit holds one fold out: `held_out` rows,
+    by default the largest fold of an even split)."""
+    held_out = -(-train_rows // cfg.folds) if held_out is None else held_out
+    return Work(cfg.folds, train_rows - held_out, held_out + test_rows, min(cfg.monitor_rows or held_out, held_out),
+                len(tta.views(cfg.tta, cfg.crop)), test_rows, speeds, tta.fewest_views(cfg.tta), side_by_side)
+
+
+# ---------------------------------------------------------------- keeping to it
+
+class Keeper:
+    """Keeps a running plan to its end time: the `pace` of train.train_unit (units one at a time, here).
+
+    When a unit starts it gets its share of the time left (its planned cost over that of every unit not yet
+    finished, at the speed measured so far), as epochs: fewer when the machine turned out slower (a busy
+    laptop), more up to the table's most when faster. The share never eats into the least the other units
+    need (an epoch and their fewest TTA views each). After each epoch, if the unit's epochs no longer fit
+    its share, it ends earlier and its LR schedule is refitted to reach 0 there; if its prediction still
+    does not fit, it predicts with fewer TTA views. Settings the command line gave are never changed.
+    `record` collects what it decided (plan.json), so the run can be replayed.
+    """
+
+    def __init__(self, plan, work, units, end, record):
+        self.plan, self.work, self.end, self.record = plan, work, end, record
+        self.pending = {unit.name: unit for unit in units}   # not finished
+        self.slowness = {}     # backbone -> measured epoch seconds / predicted
+        self.unit_end = None
+
+    def _slowness(self, unit):
+        return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
+
+    def _epoch_seconds(self, unit):
+        return self.work.epoch_seconds(unit.backbone, student=unit.round == 1) * self._slowness(unit)
+
+    def _predict_seconds(self, unit, views=None):
+        every = self.work.predict_seconds(unit.backbone) * self._slowness(unit)
+        return every if views is None else every * views / self.work.views
+
+    def _cost(self, unit, epochs):
+        return epochs * self._epoch_seconds(unit) + self._predict_seconds(unit)
+
+    def _least(self, unit):
+        """What a unit cannot do without: one epoch, and its prediction with the fewest views."""
+        views = self.work.views if "tta" in self.plan.explicit else min(self.work.views, self.work.fewest_views)
+        return self._epoch_seconds(unit) + self._predict_seconds(unit, views)
+
+    def start(self, unit, planned, done):
+        """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
+        if "epochs" in self.plan.explicit:
+            return planned
+        left = self.end - time.monotonic() - RESERVE_SECONDS
+        others = [u for name, u in self.pending.items() if name != unit.name]
+        mine = self._cost(unit, planned - done)
+        share = left * mine / max(1e-9, mine + sum(self._cost(u, self.plan.epochs[u.backbone]) for u in others))
+        share = min(share, left - sum(self._least(u) for u in others))
+        self.unit_end = time.monotonic() + share
+        if done:
+            return planned  # its schedule is under way: after_epoch moves its end if it must
+        fits = math.floor((share - self._predict_seconds(unit)) / self._epoch_seconds(unit))
+        epochs = max(1, min(self.plan.most[unit.backbone], fits))
+        self.record[unit.name] = {"start": epochs, "refits": []}
+        return epochs
+
+    def after_epoch(self, unit, epoch, planned, epoch_seconds):
+        """The epoch a unit must now end at, after its epoch `epoch` (never more than `planned`)."""
+        recent = float(np.median(epoch_seconds[-3:]))
+        ratio = recent / self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
+        self.slowness[unit.backbone] = self.slowness["last"] = ratio
+        entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
+        if "epochs" in self.plan.explicit or self.unit_end is None:
+            return planned
+        left = self.unit_end - time.monotonic() - self._predict_seconds(unit)
+        wanted = min(planned, epoch + max(1, math.floor(left / recent)))
+        if wanted != planned:
+            entry["refits"].append([epoch, wanted])
+        return wanted
+
+    def views(self, unit, every):
+        """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
+        if "tta" in self.plan.explicit or self.unit_end is None or every <= 1:
+            return every
+        per_view = self._predict_seconds(unit) / self.work.views
+        fits = math.floor((self.unit_end - time.monotonic()) / max(1e-9, per_view))
+        count = max(min(every, self.work.fewest_views), min(every, fits))
+        if count < every:
+            self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
+        return count
+
+    def finished(self, unit):
+        self.pending.pop(unit.name, None)
+
+
+class Replay:
+    """A recorded plan followed exactly: each unit's epochs and refits as the recording run decided them."""
+
+    def __init__(self, record):
+        self.record = record
+
+    def start(self, unit, planned, done):
+        entry = self.record.get(unit.name)
+        return planned if done or entry is None else entry["start"]
+
+    def after_epoch(self, unit, epoch, planned, epoch_seconds):
+        entry = self.record.get(unit.name) or {"refits": []}
+        return next((wanted for at, wanted in entry["refits"] if at == epoch), planned)
+
+    def views(self, unit, every):
+        return (self.record.get(unit.name) or {}).get("views", every)
+
+    def finished(self, unit):
+        pass
+
+
+# ---------------------------------------------------------------- one run's plan: made, resumed or replayed
+
+class Session:
+    """A budgeted run's plan in its run folder (plan.json): made once, kept by the same command resumed
+    (with the minutes already spent), and recording each unit's epochs so it can be replayed exactly."""
+
+    def __init__(self, path, request, plan, pace, record, spent_before):
+        self.path, self.request, self.plan, self.pace, self.record = path, request, plan, pace, record
+        self.spent_before, self.started = spent_before, time.monotonic()
+
+    def spent(self):
+        return self.spent_before + time.monotonic() - self.started
+
+    def unit_done(self, unit):
+        self.pace.finished(unit)
+        self.save()
+
+    def save(self, finished=False):
+        if self.path is None:
+            return  # a replay of this very folder's plan.json: it stays as its run wrote it
+        write_json(self.path, {"request": self.request, "plan": self.plan.to_json(), "units": self.record,
+                               "spent_seconds": round(self.spent(), 1), "finished": finished})
+
+
+def request_of(cfg, fingerprints):
+    """What makes a run the same command again: its settings (not how long this session may take) and data."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in SESSION_FIELDS}
+    return short_hash({"settings": settings, "data": list(fingerprints)})
+
+
+SESSION_FIELDS = fields_with(SESSION)  # how this session runs, not what the run plans or learns
+
+
+def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, elapsed, fingerprints, side_by_side=1):
+    """(cfg with the plan's backbones and pseudo-labelling, Session) for a budgeted run; (cfg, None) without.
+
+    `units_of(cfg, plan)`: the run's units still to train under a plan (rounds 0 and 1): the Keeper shares
+    the time left among them. `sequential`: units one at a time here, so the Keeper can keep the plan;
+    `side_by_side`: units the executor runs at once at the measured speed (one per GPU), as planned.
+    `elapsed`: seconds this session has spent before planning (reading, the shift check, the folds).
+    """
+    if cfg.plan:
+        return _replay(cfg, Path(cfg.plan), plan_path)
+    if not cfg.budget:
+        return cfg, None
+    called = time.monotonic()
+
+    def spent_here():  # this session's seconds so far, the speed probe's included
+        return elapsed + time.monotonic() - called
+
+    request = request_of(cfg, fingerprints)
+    stored = _read_plan(plan_path)
+    if stored and stored.get("request") == request:
+        plan, record, spent_before = Plan.from_json(stored["plan"]), stored["units"], stored["spent_seconds"]
+        print(f"budget: the same command again: continuing its plan ({_describe_models(plan.epochs)}"
+              f"{', pseudo-labels' if plan.pseudo else ''}); {spent_before / 60:.1f} of {cfg.budget:g} minutes "
+              f"spent in earlier sessions")
+        work, _ = _work(cfg, plan.backbones, arrays, device, side_by_side)
+    else:
+        work, how = _work(cfg, cfg.backbones, arrays, device, side_by_side)
+        plan = make_plan(cfg, set(explicit), work, Table.for_preset(cfg.preset), 60 * cfg.budget - spent_here(),
+                         cfg.budget)
+        record, spent_before = {}, 0.0
+        print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
+    cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
+    end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
+    pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
+    if pace is None:
+        print("budget: planned, but kept only by the one-at-a-time executor: with several GPUs, --parallel-units "
+              "or --executor ray each unit trains its planned epochs")
+        pace = Replay(record)
+    session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
+    session.save()
+    return cfg, session
+
+
+def _work(cfg, backbones, arrays, device, side_by_side):
+    folds = np.asarray(arrays.folds)
+    held_out = int(np.max(np.bincount(folds[folds >= 0]))) if (folds >= 0).any() else 0
+    speeds, how = measure_speeds(cfg, backbones, arrays.train_images, arrays.train_labels, device)
+    return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out, side_by_side), how
+
+
+def _read_plan(path):
+    try:
+        return read_json(path, ("request", "plan", "units", "spent_seconds"))
+    except FileNotFoundError:
+        return None
+    except DamagedFile as exc:
+        print(f"budget: {path} is damaged ({exc.problem}): making a new plan")
+        return None
+
+
+def _replay(cfg, source, plan_path):
+    """`--plan FILE`: the plan and the epochs each unit trained as an earlier run recorded them, no timing."""
+    try:
+        stored = read_json(source, ("plan", "units"))
+    except (FileNotFoundError, DamagedFile) as exc:
+        why = "no such file" if isinstance(exc, FileNotFoundError) else exc.problem
+        raise FerKaggleError(f"--plan {source}: not a plan.json that a budgeted run wrote (run folder/plan.json): "
+                             f"{why}") from None
+    plan = Plan.from_json(stored["plan"])
+    cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo, budget=plan.budget)
+    print(f"plan: following {source} exactly ({_describe_models(plan.epochs)}"
+          f"{', pseudo-labels' if plan.pseudo else ''}; {len(stored['units'])} units' recorded epochs); no timing, "
+          f"no re-planning: the same submission as the run that recorded it")
+    record = stored["units"]
+    same_file = Path(plan_path).resolve() == source.resolve()
+    session = Session(None if same_file else plan_path, "replay", plan, Replay(record), record, 0.0)
+    session.save()
+    return cfg, session
