@@ -119,6 +119,26 @@ def build_parser(command=None):
     return parser
 
 
+def options_markdown():
+    """docs/options.md: every option of `run`, from the parser itself (tests/test_cli.py keeps the file current)."""
+    run = build_parser("run").commands["run"]
+    lines = ["# Options of `bash run.sh` (`fer-kaggle run`)", "",
+             "Generated from the parser: `python -c 'from fer_kaggle.cli import options_markdown as o; "
+             "print(o(), end=\"\")' > docs/options.md`. Options left out take the preset's value, shown in "
+             "brackets (demo, cpu, fast, full).", "", "| option | what it does |", "| --- | --- |"]
+    for action in run._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
+        if action.choices:
+            flags += " " + "\\|".join(map(str, action.choices))
+        elif action.metavar or action.nargs != 0:
+            flags += f" {action.metavar or action.dest.upper()}"
+        help_text = (action.help or "").replace("%%", "%").replace("|", "\\|")
+        lines.append(f"| {flags} | {help_text} |")
+    return "\n".join(lines) + "\n"
+
+
 def _default_run(args):
     """Fill --workdir of a command that reads a run, and say which run it is."""
     if getattr(args, "workdir", None) is None:

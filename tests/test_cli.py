@@ -87,3 +87,9 @@ def test_run_sh_test_is_the_test_suite_even_beside_a_test_folder(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pytest" in result.stdout + result.stderr
+
+
+def test_the_options_page_is_the_parsers_own():
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert page == cli.options_markdown(), "docs/options.md is stale: regenerate it with the command at its top"
+    assert "`--budget` MINUTES" in page and "`--pseudo`, `--no-pseudo`" in page
