@@ -15,6 +15,8 @@ The options of `run` come from config.Config (name, type, help) and show each pr
 import argparse
 import dataclasses
 import importlib
+import importlib.metadata
+import re
 import signal
 import sys
 from pathlib import Path
@@ -147,6 +149,28 @@ def _default_run(args):
         print(f"run folder: {folder} ({why})", file=sys.stderr)
 
 
+def _report_module():
+    from fer_kaggle.analysis import report  # matplotlib, captum, torchinfo: loaded only when asked for
+    return report
+
+
+def missing_extra(exc, command):
+    """One line for a command whose optional extra is not installed (the extra named by the installed package's
+    own requirements), or None when the missing module is not an extra's."""
+    name = (exc.name or "").partition(".")[0]
+    try:
+        requirements = importlib.metadata.requires("fer_kaggle") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    for requirement in requirements:  # e.g. "captum>=0.8; extra == 'report'"
+        match = re.match(r"([A-Za-z0-9_.-]+).*extra\s*==\s*['\"]([\w-]+)['\"]", requirement)
+        if match and match.group(1).lower().replace("-", "_") == name.lower():
+            extra = match.group(2)
+            return (f"{command} needs {name}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "
+                    f"(bash run.sh installs it)")
+    return None
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     with quiet_interrupts():  # a Ctrl-C while the libraries load: one line, not their traceback
@@ -156,16 +180,23 @@ def main(argv=None):
             print(parser.commands["run"].format_help())
             return 0
         command, rest = split_command(argv)
-        args = build_parser(command).parse_args([command, *rest])
-        module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
+        try:
+            args = build_parser(command).parse_args([command, *rest])
+            module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
+            report = _report_module() if command == "run" and args.report is not None else None  # before training
+        except ModuleNotFoundError as exc:
+            message = missing_extra(exc, command)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     try:
         if command in READS_A_RUN:
             _default_run(args)
         if getattr(args, "submissions", "") is None:  # run and ensemble: this project's submissions/
             args.submissions = HOME / "submissions"
         code = module.command(args)
-        if command == "run" and args.report is not None:  # here: the analysis layer sits above the run's
-            from fer_kaggle.analysis import report  # matplotlib, captum, torchinfo: loaded only when asked for
+        if report is not None:  # here, not in the pipeline: the analysis layer sits above the run's
             report.build(args.workdir, args.report)
             print(f"report: {args.report / 'index.html'} (and report.md)")
         return code
