@@ -1,5 +1,6 @@
 """One command line: `fer-kaggle COMMAND`, `python -m fer_kaggle[.COMMAND]` and `bash run.sh` agree."""
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,19 @@ def test_the_options_page_is_the_parsers_own():
     page = (ROOT / "docs" / "options.md").read_text()
     assert page == cli.options_markdown(), "docs/options.md is stale: regenerate it with the command at its top"
     assert "`--budget` MINUTES" in page and "`--pseudo`, `--no-pseudo`" in page
+
+
+@pytest.mark.parametrize("command, module, extra", [("report", "captum", "report"), ("export", "onnxruntime", "serve"),
+                                                    ("run", "matplotlib", "report")])
+def test_a_missing_extra_is_one_line_with_the_pip_command(command, module, extra, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` fails as if it were not installed
+    for name in [name for name in sys.modules if name.startswith(("fer_kaggle.analysis", "fer_kaggle.serve"))]:
+        monkeypatch.delitem(sys.modules, name)  # imported again, as in a fresh process
+    argv = {"report": ["report", "--out", str(tmp_path / "r")], "export": ["export", "--out", str(tmp_path / "m.onnx")],
+            "run": [str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
+                    "--report", str(tmp_path / "r")]}[command]
+    assert cli.main([*argv, "--workdir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {command} needs {module}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "
+        f"(bash run.sh installs it)"]
+    assert not (tmp_path / "run").exists(), "refused before anything was read or trained"

@@ -1,24 +1,19 @@
-"""Bad inputs through the real command line: exit status 2, one `error:` line, no traceback, nothing written.
+"""Bad inputs through the command line: exit status 2, one `error:` line, no traceback, nothing written.
 
-Each case runs `python -m fer_kaggle TRAIN TEST OUT --workdir W --preset demo` in a subprocess, in its
-own folder. Starting the CLI imports torch and timm (about 5 s of CPU), so the fixture `cli` runs the
-selected cases a few at a time in parallel, then each test checks its own case's result.
+Each case is `fer-kaggle TRAIN TEST OUT --workdir W --preset demo` (cli.main, in this process: what
+`python -m fer_kaggle` runs after its imports) in its own folder, the project's home for submissions/.
 """
-import concurrent.futures
 import lzma
-import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, ROOT
+from conftest import DEMO
+from fer_kaggle import cli
 
 N_ROWS = 6
-TIMEOUT_S = 180  # a case that wrongly starts training takes minutes: the timeout makes that a failure
 
 
 def _bundled_lines(name, n=N_ROWS):
@@ -124,30 +119,17 @@ class Run:
     stderr: str
 
 
-def _run(name, folder):
-    args, paths = CASES[name](folder)
-    env = dict(os.environ)
-    # The package is not necessarily installed: run this checkout's copy.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["FER_KAGGLE_HOME"] = str(folder)
-    command = [sys.executable, "-m", "fer_kaggle", *map(str, args),
-               "--workdir", str(folder / "w"), "--preset", "demo", "--device", "cpu"]
-    try:
-        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        return Run(folder, paths, None, str(exc.stdout), f"timed out after {TIMEOUT_S} s: training started?")
-    return Run(folder, paths, result.returncode, result.stdout, result.stderr)
-
-
-@pytest.fixture(scope="module")
-def cli(request, tmp_path_factory):
-    """{case name: Run} for the cases whose tests were selected, run in parallel."""
-    selected = {item.name.removeprefix("test_") for item in request.session.items
-                if item.module is request.module} & set(CASES)
-    workers = max(2, min(4, os.cpu_count() or 2))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(_run, name, tmp_path_factory.mktemp(name)) for name in sorted(selected)}
-        return {name: future.result() for name, future in futures.items()}
+@pytest.fixture
+def run_case(tmp_path, capsys, monkeypatch):
+    """fn(case name) -> Run: the case's command in tmp_path, its exit status and printed lines."""
+    def run(name):
+        args, paths = CASES[name](tmp_path)
+        monkeypatch.setattr(cli, "HOME", tmp_path)  # submissions/ defaults to the project's home
+        monkeypatch.chdir(tmp_path)
+        code = cli.main([*map(str, args), "--workdir", str(tmp_path / "w"), "--preset", "demo", "--device", "cpu"])
+        printed = capsys.readouterr()
+        return Run(tmp_path, paths, code, printed.out, printed.err)
+    return run
 
 
 # ---------------------------------------------------------------- checks
@@ -184,70 +166,61 @@ def _no_work_started(run):
     _nothing_trained(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_bad_train_row(cli):
-    run = cli["bad_train_row"]
+def test_bad_train_row(run_case):
+    run = run_case("bad_train_row")
     _assert_refused(run, str(run.paths["train"]), _line(3), "label 7 is outside 0-6")
     _nothing_trained(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_bad_test_row(cli):
+def test_bad_test_row(run_case):
     """Both inputs are validated before training: a bad test file stops the run before round 0."""
-    run = cli["bad_test_row"]
+    run = run_case("bad_test_row")
     _assert_refused(run, str(run.paths["test"]), _line(4), "'256'", "0 to 255")
     _nothing_trained(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_swapped(cli):
-    run = cli["swapped"]
+def test_swapped(run_case):
+    run = run_case("swapped")
     message = _assert_refused(run, str(run.paths["test"]), _line(1), "'id,feature'", "swapped")
     assert str(run.paths["train"]) not in message
     _nothing_trained(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_out_folder_missing(cli):
-    run = cli["out_folder_missing"]
+def test_out_folder_missing(run_case):
+    run = run_case("out_folder_missing")
     _assert_refused(run, str(run.paths["out"]), "does not exist")
     assert not run.paths["out"].parent.exists()
     _no_work_started(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_out_is_a_folder(cli):
-    run = cli["out_is_a_folder"]
+def test_out_is_a_folder(run_case):
+    run = run_case("out_is_a_folder")
     _assert_refused(run, str(run.paths["out"]), "is a folder")
     assert run.paths["out"].is_dir() and not any(run.paths["out"].iterdir())
     _no_work_started(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_two_positional(cli):
-    run = cli["two_positional"]
+def test_two_positional(run_case):
+    run = run_case("two_positional")
     _assert_refused(run, str(run.paths["test"]), "is not a submission", "refusing to overwrite", "TRAIN TEST OUT")
     assert run.paths["test"].read_text() == "\n".join(TEST_LINES) + "\n"
     _no_work_started(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_four_positional(cli):
-    run = cli["four_positional"]
+def test_four_positional(run_case):
+    run = run_case("four_positional")
     _assert_refused(run, "got 4 paths", "TRAIN TEST OUT", "DATA OUT")
     _no_work_started(run)
 
 
-@pytest.mark.slow  # a subprocess per case (torch and timm imported in each)
-def test_missing_train_file(cli):
-    run = cli["missing_train_file"]
+def test_missing_train_file(run_case):
+    run = run_case("missing_train_file")
     _assert_refused(run, str(run.paths["train"]), "no such file")
     _nothing_trained(run)
 
 
 def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
-    from fer_kaggle.cli import main
-    code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
+    code = cli.main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
                  "--backbones", "fer_vgg_tiny,no_such_net", "--workdir", str(tmp_path / "w")])
     assert code == 2
     assert "unknown backbone(s) no_such_net" in capsys.readouterr().err
@@ -257,9 +230,8 @@ def test_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
 @pytest.mark.slow  # times real steps of the full preset's models
 def test_gpu_preset_on_a_cpu_says_how_long_and_stops(tmp_path, capsys, monkeypatch):
     import torch
-    from fer_kaggle.cli import main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
+    code = cli.main([str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
                  "--preset", "full", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert code == 2
