@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Budgeted runs cache this machine's measured speeds (budget.cache_file): the suite's own cache, shared by
 # its runs and subprocesses, never the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")
+# A run in seconds on the demo sample: one tiny backbone, two folds, one epoch, no pseudo-labelling round
+TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo", "--device", "cpu"]
 DEMO = DEMO_DATA  # the bundled sample: real rows of the competition files
 
 

@@ -337,10 +337,9 @@ def _keep_a_run(keeper, plan, work, units, clock, slower_after, factor):
 
 @pytest.mark.parametrize("minutes", [15, 60])
 def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(monkeypatch, minutes):
-    """The float32 15-minute run in BENCHMARKS.md overran: two competing processes on the two cores made
-    every step about 3.5 times slower (torch's threads wait on each other; 17 s an epoch became 60 s), and
-    the last unit, at one epoch, still predicted ten views. The keeper now leaves every other unit its least
-    (an epoch and two views) and cuts views when behind (before: 1.20 of the budget, here 1.03)."""
+    """Two competing processes on two cores make every step about 3.5 times slower (torch's threads wait on
+    each other; BENCHMARKS.md). The keeper leaves every other unit its least (an epoch and its fewest views)
+    and cuts views when behind, so the run still ends within 10% of its budget."""
     clock = Clock()
     monkeypatch.setattr(budget.time, "monotonic", clock)
     work = fer2013_work(35.5 * 1430 / 19139)  # float32 on this machine: 35.5 s an epoch of fer_vgg_cpu

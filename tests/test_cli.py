@@ -69,12 +69,7 @@ def test_every_command_reports_errors_the_same_way(command, tmp_path, capsys):
 
 
 def test_fer_kaggle_is_an_installed_command():
-    """setup.cfg declares it, and the environment running the tests (run.sh's .venv) has it."""
-    import configparser
-    import sys
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
-    assert setup["options.entry_points"]["console_scripts"].split() == ["fer-kaggle", "=", "fer_kaggle.cli:main"]
+    """The environment running the tests (run.sh's .venv) has the `fer-kaggle` command, and it works."""
     script = Path(sys.executable).parent / "fer-kaggle"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ensemble" in result.stdout and "--epochs" in result.stdout

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import conftest
 from fer_kaggle.core import atomic
 from fer_kaggle import cli
 from fer_kaggle.core.atomic import save_npz
 from fer_kaggle.data.inputs import demo_head as _head
 
-TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
-        "--device", "cpu", "--amp", "off", "--budget", "0"]
+TINY = [*conftest.TINY, "--amp", "off", "--budget", "0"]
 UNIT = "round0/fer_vgg_tiny-*/fold0"
 
 

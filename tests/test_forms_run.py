@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY
 from fer_kaggle import cli
 from fer_kaggle.blend import heldout
 from fer_kaggle.analysis import report
 from fer_kaggle.data.competition import CLASS_NAMES
 
 N_TRAIN, N_PUBLIC, N_PRIVATE = 240, 30, 30
-TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
-        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

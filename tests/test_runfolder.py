@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 from conftest import DEMO, ROOT
 
 from fer_kaggle import cli
-from fer_kaggle.run import pipeline
 from fer_kaggle.core import runfolder
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.core.runfolder import RunFolder
 from fer_kaggle.data.inputs import demo_head as _head
 
-TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
-        "--device", "cpu", "--amp", "off"]
+TINY = [*conftest.TINY, "--amp", "off"]
 
 
 

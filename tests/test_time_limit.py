@@ -1,11 +1,11 @@
 """--time-limit: the run stops cleanly after an epoch (exit 3, nothing half-written), and the same
 command without it continues where it stopped, to the same submission as a run never stopped."""
 
+import conftest
 from fer_kaggle import cli
 from fer_kaggle.data.inputs import demo_head as _head
 
-TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "2", "--no-pseudo",
-        "--device", "cpu"]
+TINY = [*conftest.TINY, "--epochs", "2"]
 
 
 

@@ -1,6 +1,7 @@
 """Every setting of a run, in one frozen dataclass, and the presets that bundle them.
 
-Precedence: the dataclass defaults < the chosen preset < options given on the command line.
+Precedence: the dataclass defaults < the chosen preset < options given on the command line. Every run starts
+from a preset; the defaults are only what the presets share where they do not say otherwise.
 The resolved config is written as `config.json` beside every unit's outputs.
 """
 import dataclasses
@@ -28,7 +29,7 @@ def setting(default, help, choices=None, metavar=None, *, role):
 @dataclass(frozen=True)
 class Config:
     # --- run
-    preset: str = setting("full", "bundle of settings", role=RUN)
+    preset: str = setting("", "bundle of settings (a run always has one; empty: the bare defaults)", role=RUN)
     seed: int = setting(2013, "folds, weight init, shuffling and augmentation all derive from it", role=UNIT)
     folds: int = setting(5, "stratified folds (each unit holds one out)", role=UNIT)
     device: str = setting("auto", "where to train (auto: CUDA if present)", ["auto", "cpu", "cuda"], role=SESSION)
@@ -108,25 +109,24 @@ class Config:
 
 
 PRESETS = {
-    # A CPU run in minutes: tiny backbones, 3 folds, few epochs.
-    # Little data and few epochs: AdamW and light augmentation learn fastest there.
+    # The bundled demo sample in minutes on a CPU: tiny backbones, 3 folds, few epochs. Little data and few
+    # epochs: AdamW and light augmentation learn fastest there.
     "demo": Config(preset="demo", backbones=("fer_vgg_tiny", "fer_resnet_tiny"), folds=3, epochs=12,
                    batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
                    augment="light", tta="flip", pseudo_threshold=0.6, budget=3.0),
-    # No GPU: the whole run on the full train file within an hour on two cores (measured: 50.5 min, OOF
-    # 0.682 on 2 cores; BENCHMARKS.md). CPU-shaped backbones (channel widths that oneDNN's bf16 kernels run
-    # fastest), full augmentation (3.8 points above light at this scale) batched in torch (gpu_augment: 5x
-    # cheaper than albumentations per image, on a CPU too), 44 px crops (16% fewer FLOPs; fer_resnet_cpu was
-    # as accurate as at 48 px) with ten-crop TTA, and the per-epoch check on 2,000 rows. No pseudo-labels:
-    # their round would double the time. Each choice was measured on one fold of the full train file.
+    # No GPU: the full train file planned to an hour (--budget). CPU-shaped backbones (channel widths that
+    # oneDNN's kernels run fastest), full augmentation (better than light at this scale) batched in torch
+    # (gpu_augment: cheaper than albumentations per image, on a CPU too), 44 px crops (fewer FLOPs, as
+    # accurate) with ten-crop TTA, and the per-epoch check on 2,000 rows. No pseudo-labels: their round would
+    # double the time. Each choice was measured on one fold of the full train file: BENCHMARKS.md.
     "cpu": Config(preset="cpu", backbones=("fer_vgg_cpu", "fer_resnet_cpu"), folds=3, epochs=40, batch_size=128,
                   optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0, augment="full", crop=44,
                   tta="ten_crop", augment_on="device", monitor_rows=2000, pseudo=False, budget=60.0),
-    # One GPU, the whole run.sh in at most 10 minutes on an H100 (target; see BENCHMARKS.md for what was
-    # measured): VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
-    "fast": Config(preset="fast", epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
+    # One GPU, planned to 8 minutes: VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
+    # Never yet run on a GPU (BENCHMARKS.md).
+    "fast": Config(preset="fast", backbones=("fer_vgg13", "fer_resnet18"), epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
                    compile=True, checkpoint_every=5, budget=8.0),
-    # One GPU, at most 20 minutes: a third family, more epochs, EMA and cutmix.
+    # One GPU, planned to 20 minutes: a third family, more epochs, EMA and cutmix.
     "full": Config(preset="full", backbones=("fer_vgg13", "fer_resnet18", "fer_convnext"), epochs=50,
                    batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop", compile=True, ema=0.999,
                    cutmix=1.0, checkpoint_every=5, budget=20.0),

@@ -217,8 +217,8 @@ def fer_resnet18(pretrained=False, **kwargs):
 def fer_resnet_tiny(pretrained=False, **kwargs):
     """ResNet at 1/4 width, one block per stage and a stride-2 stem (48 -> 3 px), for CPU demos and tests.
 
-    The stride-2 stem makes it 2.5x faster than a stride-1 one on a CPU and, on the demo's
-    1,600 images, it learned faster too (fold-0 accuracy 0.37 against 0.29 after 12 epochs).
+    The stride-2 stem makes it much faster than a stride-1 one on a CPU and, on the demo's 1,600 images,
+    it learned faster too (BENCHMARKS.md history).
     """
     return _create(FerResNet, "fer_resnet_tiny", pretrained,
                    **{"widths": (16, 32, 64, 128), "blocks": (1, 1, 1, 1), "stem_stride": 2, **kwargs})
