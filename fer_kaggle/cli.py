@@ -5,11 +5,11 @@
     fer-kaggle report --out DIR                 the analysis report of a run
     fer-kaggle predict PHOTO...                 emotions of the faces in photos
     fer-kaggle export --out model.onnx          the run's ensemble as one ONNX graph
-    fer-kaggle bench [train|recipe|tree|parse]  speed and recipe benchmarks
+    fer-kaggle bench [SUBCOMMAND]               benchmarks (fer-kaggle bench --help lists them)
 
 A first word that names a command is that command, even where a file or folder of that name exists
 here: give such a folder as data with a slash (`./report`) or after the word run (`run report out.csv`).
-`python -m fer_kaggle.<command>` still works and is the same as `fer-kaggle <command>`.
+`python -m fer_kaggle.<command>` is the same as `fer-kaggle <command>` (the files at the top of the package).
 The options of `run` come from config.Config (name, type, help) and show each preset's values.
 """
 import argparse

@@ -134,7 +134,7 @@ def bench_train(cfg, train_path, steps):
 
 def device_name(device):
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
 
 

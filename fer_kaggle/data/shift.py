@@ -24,7 +24,7 @@ from fer_kaggle.data.folds import image_digests
 
 STATS = {"brightness": "brightness (mean pixel)", "contrast": "contrast (pixel std)",
          "sharpness": "sharpness (mean |Laplacian|)"}
-WARN_AUC = 0.70         # real files: 0.51-0.53; a test copy blurred by sigma 1: 0.97 (BENCHMARKS.md)
+WARN_AUC = 0.70         # the real files score about 0.5, a blurred test copy near 1 (BENCHMARKS.md)
 WARN_EFFECT = 0.5       # |median difference| in train standard deviations of the statistic
 DUPLICATES_EXPECTED = 0.08  # share of FER2013's test images that are exact copies of train images
 DUPLICATES_RANGE = (0.03, 0.20)  # outside: warned, on full-size files only (a sample shares fewer)

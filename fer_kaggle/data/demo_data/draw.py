@@ -1,6 +1,6 @@
 """Draw the bundled demo sample from the real FER2013 train file (the command that made train.csv.xz).
 
-    python fer_kaggle/demo_data/draw.py ../shared/fer2013/train.csv.xz [--rows 2400] [--seed 2013]
+    python fer_kaggle/data/demo_data/draw.py ../shared/fer2013/train.csv.xz [--rows 2400] [--seed 2013]
 
 A stratified sample: each class keeps its share of the full file (within a row), rows in the
 file's own order, the file's columns untouched. test.csv.xz (400 rows of the real test file,
