@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, ROOT
+from conftest import DEMO, ROOT, TINY
 
 from fer_kaggle import cli
 from fer_kaggle.core.config import PRESETS
@@ -94,12 +94,14 @@ def test_the_options_page_is_the_parsers_own():
 @pytest.mark.parametrize("command, module, extra", [("report", "captum", "report"), ("export", "onnxruntime", "serve"),
                                                     ("run", "matplotlib", "report")])
 def test_a_missing_extra_is_one_line_with_the_pip_command(command, module, extra, tmp_path, monkeypatch, capsys):
+    for name in [name for name in sys.modules if name.startswith(f"{module}.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # an earlier test imported it: each part is refused too
     monkeypatch.setitem(sys.modules, module, None)  # `import module` fails as if it were not installed
     for name in [name for name in sys.modules if name.startswith(("fer_kaggle.analysis", "fer_kaggle.serve"))]:
         monkeypatch.delitem(sys.modules, name)  # imported again, as in a fresh process
     argv = {"report": ["report", "--out", str(tmp_path / "r")], "export": ["export", "--out", str(tmp_path / "m.onnx")],
             "run": [str(DEMO / "train.csv.xz"), str(DEMO / "test.csv.xz"), str(tmp_path / "out.csv"),
-                    "--report", str(tmp_path / "r")]}[command]
+                    "--report", str(tmp_path / "r"), *TINY]}[command]
     assert cli.main([*argv, "--workdir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: {command} needs {module}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "

@@ -4,7 +4,7 @@ import pytest
 from fer_kaggle import cli
 from fer_kaggle.run import pipeline
 from fer_kaggle.core.config import PRESETS
-from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN
+from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN, demo_head
 
 
 @pytest.mark.parametrize("asked, demo, cuda, chosen", [
@@ -49,15 +49,16 @@ def test_cpu_preset_is_cpu_sized():
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel_units", [1, 2])
 def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_path, capsys):
-    """The preset's whole pipeline (one epoch, on 2,400 rows): folds, units (one at a time, or two side by
-    side in the local process pool), TTA, ensemble, submission."""
+    """The preset's whole pipeline (one epoch, on 600 rows of the sample): folds, units (one at a time, or two
+    side by side in the local process pool), ten-crop TTA, ensemble, submission."""
     out = tmp_path / "out.csv"
-    code = cli.main([str(DEMO_TRAIN), str(DEMO_TEST), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
+    train, test = demo_head("train.csv.xz", 600, tmp_path / "train.csv"), demo_head("test.csv.xz", 100, tmp_path / "test.csv")
+    code = cli.main([str(train), str(test), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
                           "--parallel-units", str(parallel_units),
                           "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])
     assert code == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "id,label" and len(lines) == 401
+    assert lines[0] == "id,label" and len(lines) == 101
     printed = capsys.readouterr().out
     assert "ensemble OOF accuracy" in printed
     assert ("2 units side by side" in printed) == (parallel_units == 2)
