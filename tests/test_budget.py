@@ -155,6 +155,7 @@ def test_a_unit_shortened_mid_way_ends_with_its_learning_rate_at_zero(tmp_path, 
     assert planned5["lr"].iloc[-1] == 0
 
 
+@pytest.mark.slow
 def test_a_shortened_unit_stopped_and_resumed_ends_as_one_never_stopped(tmp_path, small_unit_data,
                                                                          interrupt_then_resume):
     cfg = PRESETS["demo"].replace(amp="off")
@@ -267,6 +268,7 @@ def _trained_epochs(workdir):
     return sorted(json.loads(p.read_text())["epochs"] for p in Path(workdir).glob("round0/*/fold*/metrics.json"))
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it(tmp_path, capsys, small_files,
                                                                                 monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # its own speed cache: it slows it below
@@ -290,6 +292,7 @@ def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it
     assert len(list(model.glob("fold*/metrics.json"))) == 2 and out.exists()
 
 
+@pytest.mark.slow
 def test_explicit_epochs_are_obeyed_and_too_much_work_for_the_budget_is_refused(tmp_path, capsys, small_files):
     code, _, captured = _run(tmp_path, capsys, small_files, "obeyed", "--budget", "2", "--epochs", "2")
     assert code == 0, captured.err[-2000:]
@@ -300,8 +303,9 @@ def test_explicit_epochs_are_obeyed_and_too_much_work_for_the_budget_is_refused(
     assert not out.exists() and not list((tmp_path / "refused").glob("round0/*"))
 
 
+@pytest.mark.slow
 def test_a_recorded_plan_replayed_gives_the_same_submission_bytes(tmp_path, capsys, small_files):
-    code, original, captured = _run(tmp_path, capsys, small_files, "original", "--budget", "0.5")
+    code, original, captured = _run(tmp_path, capsys, small_files, "original", "--budget", "1", "--epochs", "2")
     assert code == 0, captured.err[-2000:]
     code, replay, captured = _run(tmp_path, capsys, small_files, "replay", "--plan", str(tmp_path / "original" / "plan.json"))
     assert code == 0, captured.err[-2000:]

@@ -68,6 +68,7 @@ def test_every_command_reports_errors_the_same_way(command, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_fer_kaggle_is_an_installed_command():
     """The environment running the tests (run.sh's .venv) has the `fer-kaggle` command, and it works."""
     script = Path(sys.executable).parent / "fer-kaggle"

@@ -4,6 +4,8 @@ import json
 import cv2
 import numpy as np
 
+import pytest
+
 from fer_kaggle import cli
 from fer_kaggle.run import pipeline
 from fer_kaggle.data.competition import fingerprint
@@ -21,6 +23,7 @@ def test_bundled_sample_is_sharp_and_stratified(demo_train):
     assert np.abs(np.bincount(labels, minlength=7) - expected).max() <= 1
 
 
+@pytest.mark.slow
 def test_an_old_demo_folder_is_moved_aside_and_the_demo_runs(tmp_path, capsys):
     workdir = tmp_path / "demo"
     (workdir / "round0").mkdir(parents=True)

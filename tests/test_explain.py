@@ -295,6 +295,7 @@ def test_figures_are_readable_pngs_with_class_names(tmp_path, faces, figure_text
         assert figure_texts[str(path)].count("channel ") == 8
 
 
+@pytest.mark.slow
 def test_load_unit_model_has_the_weights_that_predicted(finished_run):
     """A unit trained with --ema predicts with its EMA weights: the report must explain those, not the raw
     ones (today's main loaded the raw weights)."""

@@ -11,6 +11,8 @@ from fer_kaggle import cli
 from fer_kaggle.serve import export
 from fer_kaggle.serve.inference import load_ensemble
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 UNIT = "round0/fer_vgg_tiny/fold1"
 
 

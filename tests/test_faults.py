@@ -18,6 +18,8 @@ from fer_kaggle import cli
 from fer_kaggle.core.atomic import save_npz
 from fer_kaggle.data.inputs import demo_head as _head
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 TINY = [*conftest.TINY, "--amp", "off", "--budget", "0"]
 UNIT = "round0/fer_vgg_tiny-*/fold0"
 
@@ -203,7 +205,6 @@ def test_a_disk_clearly_too_small_is_refused_before_training(undisturbed, tmp_pa
     assert not list((tmp_path / "run").glob("round0/*/fold*/checkpoint.pt"))
 
 
-@pytest.mark.slow  # subprocesses: a run, then a trial of kills and a damage, each resumed
 def test_kills_and_damage_at_random_moments_end_in_the_undisturbed_submission():
     from fer_kaggle.bench.chaos import chaos
     figures = chaos(trials=1, stops=3, seed=3, damage_share=1.0, log=lambda line: None)

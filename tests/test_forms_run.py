@@ -14,6 +14,8 @@ from fer_kaggle.blend import heldout
 from fer_kaggle.analysis import report
 from fer_kaggle.data.competition import CLASS_NAMES
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 N_TRAIN, N_PUBLIC, N_PRIVATE = 240, 30, 30
 
 

@@ -37,6 +37,7 @@ def test_cudnn_autotuner_is_on_for_cuda_only(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
 
 
+@pytest.mark.slow
 def test_importing_the_package_makes_no_network_call():
     """albumentations asks PyPI for its latest version on import unless told not to: on an offline machine
     that is a timeout. Counted in a fresh interpreter, with the variable unset in its environment."""

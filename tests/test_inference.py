@@ -11,6 +11,8 @@ from fer_kaggle.training import augment
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.serve.inference import UnitModule, load_ensemble, load_unit
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 SPACE_KEYS = {"prob": "probs", "logit": "probs_logit"}  # the test.npz key of each TTA average
 CROPPED = "round0/fer_resnet_tiny/fold1"  # 44 px crops, EMA weights, ten-crop TTA
 PLAIN = "round0/fer_vgg_tiny/fold0"       # whole 48 px faces, flip TTA

@@ -5,6 +5,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "fer_kaggle"
@@ -95,6 +97,7 @@ def test_no_module_imports_itself_round_a_cycle():
     assert not cycles
 
 
+@pytest.mark.slow
 def test_serving_loads_no_training_or_run_code():
     """Real imports in a fresh interpreter: what a photo or ONNX user's process holds."""
     probe = ("import sys; import fer_kaggle.serve.predict, fer_kaggle.serve.export, fer_kaggle.serve.inference; "

@@ -13,6 +13,8 @@ from fer_kaggle.serve import predict
 from fer_kaggle.data.competition import CLASS_NAMES
 from fer_kaggle.serve.inference import load_ensemble
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 # Demo train row 300 (outside the 300 rows the fixture run trains on): a frontal face that OpenCV's
 # Haar cascade finds once, at IoU 0.93-0.98 with the pasted square, at 160-256 px, anywhere on a noisy
 # or plain background, as PNG or JPEG, and still at minNeighbors=10 (chosen by trying rows 0-599;

@@ -20,6 +20,8 @@ from fer_kaggle.core.config import PRESETS
 from fer_kaggle.data.competition import CLASS_NAMES
 from fer_kaggle.data.inputs import demo_head as _head
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
+
 SECTIONS = ["1. Models", "2. Training curves", "3. Confusion matrix", "4. Saliency maps", "5. Filters",
             "6. A plain DNN against the CNN", "7. Ablations", "8. Pseudo-labelling", "9. Ensemble",
             "10. Held-out test accuracy", "11. Train against test: the shift check", "12. Time budget"]

@@ -32,6 +32,7 @@ def fake_commands(tmp_path, **scripts):
     return f"{bin_dir}:{os.environ['PATH']}"
 
 
+@pytest.mark.slow
 def test_run_sh_help_lists_the_commands_and_the_options():
     result = run_sh("--help")
     assert result.returncode == 0, result.stderr[-2000:]

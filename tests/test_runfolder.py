@@ -41,6 +41,7 @@ def _trained(printed):
     return [line.split(":")[0] for line in printed.splitlines() if ": OOF accuracy" in line]
 
 
+@pytest.mark.slow
 def test_changed_settings_train_new_units_and_blend_only_them(tiny_run):
     """--epochs 1, then --epochs 2: today's main trained nothing the second time and wrote the first run's
     submission again. Now the second run trains its own units beside the old ones and blends only them;
@@ -56,6 +57,7 @@ def test_changed_settings_train_new_units_and_blend_only_them(tiny_run):
     assert again["models"] == first["models"]
 
 
+@pytest.mark.slow
 def test_other_backbones_leave_the_earlier_ones_out_of_the_blend(tiny_run):
     _, _, first = tiny_run()
     _, printed, second = tiny_run("--backbones", "fer_resnet_tiny")
@@ -63,6 +65,7 @@ def test_other_backbones_leave_the_earlier_ones_out_of_the_blend(tiny_run):
     assert set(first["models"]).isdisjoint(second["models"])
 
 
+@pytest.mark.slow
 def test_settings_that_change_nothing_learned_reuse_the_units(tiny_run):
     """--time-limit, --workers and --monitor-rows change no weight: no retraining."""
     tiny_run()
@@ -70,6 +73,7 @@ def test_settings_that_change_nothing_learned_reuse_the_units(tiny_run):
     assert _trained(printed) == []
 
 
+@pytest.mark.slow
 def test_a_new_pseudo_threshold_retrains_round1_only(tiny_run, tmp_path):
     """Round 0 ignores the pseudo-label settings; round 1's units are keyed by them and by their teachers,
     and each records the hash of the rows it learned from."""
@@ -99,6 +103,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, 
     assert not (tmp_path / "run" / "folds.csv").exists()
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom fer_kaggle.core.runfolder import RunFolder\n"
@@ -138,6 +143,7 @@ def test_readers_find_the_demo_run_or_the_newest_finished(tmp_path):
     assert folder.path == tmp_path / "folds" / "demo" and "most recently finished" in why
 
 
+@pytest.mark.slow
 def test_ensemble_with_no_options_after_the_demo(finished_run, tmp_path, monkeypatch, capsys):
     """README's `python -m fer_kaggle.ensemble` from the project root after `bash run.sh` (the demo run is in
     folds/demo): today's main said "folds: no run here"."""

@@ -81,6 +81,7 @@ def _write(path, header, rows):
         f.write(header + "\n" + "\n".join(rows) + "\n")
 
 
+@pytest.mark.slow
 def test_strict_shift_stops_before_training(tmp_path, demo_test, capsys):
     ids, images = demo_test
     test = tmp_path / "blurred_test.csv.xz"
@@ -128,6 +129,7 @@ def test_the_guard_empties_the_refused_folds_table(tmp_path):
     assert len(table) == 0
 
 
+@pytest.mark.slow
 def test_the_run_says_why_a_fold_gets_no_pseudo_labels(tmp_path, monkeypatch, capsys):
     """The pipeline's wiring: a fold the guard refuses trains its round-1 units on no test image, and says so."""
     lines = lzma.open(DEMO_TRAIN, "rt").read().splitlines()[:301]

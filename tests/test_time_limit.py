@@ -1,9 +1,13 @@
 """--time-limit: the run stops cleanly after an epoch (exit 3, nothing half-written), and the same
 command without it continues where it stopped, to the same submission as a run never stopped."""
 
+import pytest
+
 import conftest
 from fer_kaggle import cli
 from fer_kaggle.data.inputs import demo_head as _head
+
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline or reads one
 
 TINY = [*conftest.TINY, "--epochs", "2"]
 

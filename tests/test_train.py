@@ -138,6 +138,7 @@ def test_image_size_resizes_in_both_pipelines():
     assert augment.eval_pipeline(0.5, 0.25)(image=image)["image"].shape == (1, 48, 48)
 
 
+@pytest.mark.slow
 def test_fp16_trains_with_a_gradient_scaler_and_resumes_as_one_never_stopped(tmp_path, small_unit_data,
                                                                               interrupt_then_resume):
     """The path of GPUs without bf16 (Kaggle's P100 and T4): fp16 autocast with torch's gradient scaler,
