@@ -33,7 +33,10 @@ SAMPLE = Path(tempfile.mkdtemp(prefix="fer_kaggle-ray-"))
 SMALL_TRAIN, SMALL_TEST = demo_head("train.csv.xz", 900, SAMPLE / "train.csv"), demo_head("test.csv.xz", 100, SAMPLE / "test.csv")
 
 # no usage statistics, no authentication token to hand around between the test's processes
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           # a killed node is known dead in about 3 s, not Ray's default half a minute (the head's health checks)
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
+           "RAY_health_check_failure_threshold": "3"}
 TINY = ["--preset", "demo", "--folds", "2", "--epochs", "1", "--pseudo", "--pseudo-threshold", "0.2"]
 # a node's `ray start` options: one CPU, the loopback address, in the foreground (its process group is the node)
 NODE_OPTIONS = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
