@@ -4,6 +4,20 @@
 
 Public API: `read_train`, `read_test`, `CLASS_NAMES`, `FerKaggleError`. Importing the
 package registers its `fer_*` backbones in timm's registry.
+
+The package is in layers, one folder each, bottom to top as the data flows (CSV -> arrays -> folds -> units ->
+probabilities on disk -> ensemble -> CSV); a layer imports only those below it (tests/test_layers.py):
+
+    core/      errors, settings (config), atomic files, the run folder's layout
+    data/      the competition's files -> checked arrays, the shift check, folds
+    models/    the backbones and test-time augmentation, shared by training and serving
+    training/  augmentation, the recipe, one unit trained
+    blend/     probabilities on disk -> ensemble, pseudo-labels, the submission
+    run/       the time budget, executors, the pipeline that runs every stage
+    serve/     a finished run put to use: inference, photos, ONNX
+    analysis/  the report and explanations of a finished run
+    bench/     benchmarks that print figures
+    cli.py     the one command line; the files beside it hand `python -m fer_kaggle.<command>` to it
 """
 import os
 

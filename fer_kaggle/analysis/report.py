@@ -1,4 +1,4 @@
-"""Stage 9: the analysis report of a finished run, as a folder readable without the code.
+"""The analysis report of a finished run, as a folder readable without the code.
 
     python -m fer_kaggle.report --out DIR [--workdir folds] [--layer NAME]
     bash run.sh ... --report DIR
@@ -36,7 +36,7 @@ from fer_kaggle.data.competition import CLASS_NAMES, NUM_CLASSES
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.models.backbones import DNN_COUNTERPARTS
 from fer_kaggle.core.runfolder import (HISTORY_FILE, OOF_FILE, RERUN, RunFolder, backbone_of, is_finished,
-                        load_probs, read_metrics)
+                                       load_probs, read_metrics, round_name)
 
 
 # ---------------------------------------------------------------- report structure
@@ -91,7 +91,7 @@ class Run:
 
     def model_dirs(self, round_=0):
         """The run's model folders of a round, e.g. round0/fer_vgg_cpu-1a2b3c4d."""
-        return [m.name for m in self.models if m.name.startswith(f"round{round_}/")]
+        return [m.name for m in self.models if m.name.startswith(round_name(round_) + "/")]
 
     def backbones(self, round_=0):
         return [backbone_of(name) for name in self.model_dirs(round_)]
@@ -326,14 +326,14 @@ def ablation_section(run):
 def pseudo_section(run, out):
     section = Section("8. Pseudo-labelling")
     table_path = run.pseudo_table
-    students = [m for m in run.models if m.name.startswith("round1/")]
+    students = [m for m in run.models if m.name.startswith(round_name(1) + "/")]
     if table_path is None or not table_path.exists() or not students:
         section.text("Not in this run: run.sh's pseudo-labelling round (on by default; `--pseudo`) adds "
                      "confident test predictions to a second round of training.")
         return section
     counts = pseudo.counts_per_class(read_csv(table_path, remedy=RERUN), n_folds=int(run.folds.max()) + 1)
     section.table(counts.reset_index(names="class"))
-    teachers = [m for m in run.models if m.name.startswith("round0/")]
+    teachers = [m for m in run.models if m.name.startswith(round_name(0) + "/")]
     before, after = ensemble.best_oof_accuracy(teachers, run.labels), ensemble.best_oof_accuracy(students, run.labels)
     section.text(f"Test images added per class and fold (fold k's images come from fold k's first-round models "
                  f"only). Ensemble OOF accuracy: {before:.4f} before, {after:.4f} after "

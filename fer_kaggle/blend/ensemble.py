@@ -1,4 +1,4 @@
-"""Stage 6: blend the run's finished models into one submission.
+"""Blend the run's finished models into one submission.
 
     python -m fer_kaggle.ensemble [--workdir folds] [--out out.csv] [--all]
 
@@ -24,7 +24,8 @@ from fer_kaggle.blend import heldout
 from fer_kaggle.core.atomic import read_csv, write_json
 from fer_kaggle.data.competition import NUM_CLASSES
 from fer_kaggle.core.errors import DamagedFile, FerKaggleError
-from fer_kaggle.core.runfolder import OOF_FILE, RERUN, TEST_FILE, RunFolder, backbone_of, is_finished, load_probs
+from fer_kaggle.core.runfolder import (OOF_FILE, RERUN, TEST_FILE, RunFolder, backbone_of, fold_name, is_finished,
+                                       load_probs, round_name)
 from fer_kaggle.blend.submit import check_out_path, write_submission
 
 
@@ -56,14 +57,14 @@ def _read_folds(model_dir, n_rows, n_folds):
     oofs = {key: np.full((n_rows, NUM_CLASSES), np.nan, dtype=np.float32) for key in keys}
     tests, ids = {key: [] for key in keys}, None
     for fold in range(n_folds):
-        saved = load_probs(model_dir / f"fold{fold}" / OOF_FILE, RERUN)
+        saved = load_probs(model_dir / fold_name(fold) / OOF_FILE, RERUN)
         keys = [key for key in keys if key in saved]  # units from before logit averaging lack one
         if saved["rows"].min(initial=0) < 0 or saved["rows"].max(initial=-1) >= n_rows:
-            raise DamagedFile(model_dir / f"fold{fold}" / OOF_FILE, f"rows outside the {n_rows} of the train file",
+            raise DamagedFile(model_dir / fold_name(fold) / OOF_FILE, f"rows outside the {n_rows} of the train file",
                               RERUN)
         for key in keys:
             oofs[key][saved["rows"]] = saved[key]
-        saved = load_probs(model_dir / f"fold{fold}" / TEST_FILE, RERUN)
+        saved = load_probs(model_dir / fold_name(fold) / TEST_FILE, RERUN)
         if ids is not None and not np.array_equal(ids, saved["ids"]):
             raise FerKaggleError(f"{model_dir}: folds predicted different test files; retrain it")
         ids = saved["ids"]
@@ -99,7 +100,7 @@ def load_models(workdir, names=None):
     models = []
     for name in names:
         model_dir = folder.path / name
-        finished = [k for k in range(n_folds) if is_finished(model_dir / f"fold{k}")]
+        finished = [k for k in range(n_folds) if is_finished(model_dir / fold_name(k))]
         if len(finished) < n_folds:
             missing = sorted(set(range(n_folds)) - set(finished))
             print(f"left out {name}: fold(s) {missing} not finished (run run.sh again to finish them)",
@@ -160,7 +161,7 @@ def best_oof_accuracy(models, labels):
 
 def submission_name(models, kept, oof_acc):
     backbones = sorted({backbone_of(m.name) for m in models})
-    rounds = "pl" if any(m.name.startswith("round1/") for m in models) else "nopl"
+    rounds = "pl" if any(m.name.startswith(round_name(1) + "/") for m in models) else "nopl"
     return f"{'+'.join(backbones)}_{rounds}_{kept}_oof{oof_acc:.4f}.csv"
 
 

@@ -1,4 +1,4 @@
-"""Stage 7: pseudo-labels from the first round's test predictions, chosen per fold without leaks.
+"""Pseudo-labels from the first round's test predictions, chosen per fold without leaks.
 
 Fold k's student trains on the train rows outside fold k plus the test images that
 fold k's teachers (one per backbone, each trained without fold k) agree on with a mean
@@ -46,7 +46,7 @@ def _teachers_mean(workdir, teachers, fold, file_name, index_name):
     """(the saved `index_name` array, the teachers' mean "probs") from each teacher's fold-`fold` file."""
     index, probs = None, []
     for model in teachers:
-        saved = runfolder.load_probs(Path(workdir) / model / f"fold{fold}" / file_name, runfolder.RERUN)
+        saved = runfolder.load_probs(Path(workdir) / model / runfolder.fold_name(fold) / file_name, runfolder.RERUN)
         index = saved[index_name]
         probs.append(saved["probs"])
     return index, np.mean(probs, axis=0)

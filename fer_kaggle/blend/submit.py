@@ -1,4 +1,4 @@
-"""Stage 8: the `id,label` CSV the user uploads, validated before it is written."""
+"""The `id,label` CSV the user uploads, validated before it is written."""
 import os
 
 import numpy as np

@@ -1,19 +1,29 @@
 """The run folder: the one owner of every path in it, its units, its checkpoints and its parse cache.
 
-    <workdir>/
-      run.lock                   held (flock) by the run that trains here; names its host and process
-      .probe-*                   (executor.py, for a moment) --executor ray's check that every node sees the folder
-      run.json                   the latest run: its settings, its models and ablations, when it finished
-      plan.json                  (budget.py) a budgeted run's plan, each unit's epochs, the minutes spent
-      folds.csv, folds.json      (folds.py) the split, made once per train file
-      cache/train-<fp>.npz       the parsed arrays, named (images, labels / ids, images, labels, usage)
-      round0/<backbone>-<key>/fold<k>/   one unit (train.py writes it; see there for its files)
-      round1/<backbone>-<key>/fold<k>/   a pseudo-labelling student
-      round1/pseudo_labels-<key>.csv     (pseudo.py) every fold's pseudo-labels; fold k's students learned its rows
-      ablation/<variant>/<backbone>-<key>/fold<k>/
-      shift.json                         (shift.py) train against test: statistics, AUC, class shares
-      ensemble.json                      (ensemble.py) the blend and its weights
-      heldout_labels.npz, heldout.json   (heldout.py) test labels an input carried, and their score
+This docstring is the layout's one description (docs/outputs.md points here):
+
+    <workdir>/                         --workdir: folds/ by default, folds/demo/ for the demo
+      run.lock                         held (flock) by the run that trains here; names its host and process
+      .probe-*                         (ray_executor.py, for a moment) the check that every Ray node sees the folder
+      run.json                         the latest run: its settings, models, ablations, pseudo-label table, when it
+                                       finished
+      plan.json                        (budget.py) a budgeted run's plan, each unit's epochs and refits, minutes spent
+      folds.csv, folds.json            (folds.py) row, label, duplicate group, fold; the seed and train fingerprint
+      cache/train-<fp>.npz, test-<fp>.npz   the parsed arrays, named (images, labels; ids, images, labels, usage)
+      round0/<backbone>-<key>/fold<k>/ one unit (train.py writes it):
+        config.json                    every setting, what the key stands for (key_settings), the normalisation
+        train_pipeline.json, eval_pipeline.json   albumentations' own serialisation (A.load reads them)
+        checkpoint.pt                  model, optimizer, scheduler, EMA after the last finished epoch
+        history.csv                    per epoch: lr, train/valid loss and accuracy (valid: --monitor-rows), seconds
+        oof.npz                        rows, probs (TTA, probability average), probs_logit, probs_plain: the held-out fold
+        test.npz                       ids, probs, probs_logit, probs_plain
+        metrics.json                   written last: the unit is finished once it exists
+      round1/<backbone>-<key>/fold<k>/ a pseudo-labelling student, the same files
+      round1/pseudo_labels-<key>.csv   (pseudo.py) every fold's pseudo-labels; fold k's students learned its rows
+      ablation/<variant>/<backbone>-<key>/fold<k>/   (--ablation) no_normalize, no_augment, dnn
+      shift.json                       (shift.py) train against test: statistics, copies, AUC, class shares
+      ensemble.json                    (ensemble.py) per-model and blended OOF accuracy, the weights, the submission
+      heldout_labels.npz, heldout.json (heldout.py) test labels an input carried, and their score
 
 Everything here is written atomically and read back checked (atomic.py's readers): `unit_damage` says
 what is wrong with a unit's files, `repair_units` removes the damaged units so the run trains them again.
@@ -85,6 +95,22 @@ def unit_settings(cfg, round_, augment_on, amp, data_fingerprints, teachers=None
     if round_ == 1:
         settings.update({name: getattr(cfg, name) for name in PSEUDO_KEY_FIELDS}, teachers=list(teachers))
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+
+
+def round_name(round_):
+    """`round0`: the folder of a round's models (round 1: the pseudo-labelling students)."""
+    return f"round{round_}"
+
+
+def fold_name(fold):
+    """`fold3`: a unit's folder inside its model's folder."""
+    return f"fold{fold}"
+
+
+def model_folder(round_, backbone, key="", variant=""):
+    """`round0/fer_vgg_cpu-1a2b3c4d`: a model's folder (all its folds); ablations: `ablation/<variant>/...`."""
+    stage = f"ablation/{variant}" if variant else round_name(round_)
+    return f"{stage}/{model_dir_name(backbone, key)}"
 
 
 def model_dir_name(backbone, key=""):

@@ -1,4 +1,4 @@
-"""Stage 1: read and validate every CSV form of FER2013 into uint8 arrays.
+"""Read and validate every CSV form of FER2013 into uint8 arrays.
 
 Reads  the competition's `label,feature` / `id,feature`, the Kaggle challenge's `emotion,pixels` /
        `pixels`, and the single-file `emotion,pixels,Usage` (fer2013.csv, icml_face_data.csv);

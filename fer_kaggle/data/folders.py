@@ -1,4 +1,4 @@
-"""Stage 1, image form: FER2013 as folders of image files (the popular Kaggle image version).
+"""Image form: FER2013 as folders of image files (the popular Kaggle image version).
 
     train/<class>/*.png|jpg      class folders named angry, disgust(ed), fear(ful), happy, sad,
                                  surprise(d), neutral (any case) or 0-6, never mapped alphabetically

@@ -1,4 +1,4 @@
-"""Stage 3: stratified k-fold assignment, made once per train file and reused by every backbone.
+"""Stratified k-fold assignment, made once per train file and reused by every backbone.
 
 Reads  the train images and labels.
 Writes `<workdir>/folds.csv` (row, label, group, fold) and `<workdir>/folds.json`

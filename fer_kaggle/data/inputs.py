@@ -1,4 +1,4 @@
-"""Stage 1: every form FER2013 comes in -> the run's train and test arrays, cached.
+"""Every form FER2013 comes in -> the run's train and test arrays, cached.
 
     bash run.sh TRAIN TEST OUT   train and test CSVs (competition `label,feature`/`id,feature` or
                                  Kaggle `emotion,pixels`/`pixels`), or two image folders

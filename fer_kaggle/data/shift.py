@@ -1,4 +1,4 @@
-"""Stage 1b: does the test data look like the train data? Checked before training, and after round 0.
+"""Does the test data look like the train data? Checked before training, and after round 0.
 
 Before training (seconds): per-image brightness (mean pixel), contrast (pixel standard deviation) and
 sharpness (mean |Laplacian|), the share of test images that are exact copies of train images, and

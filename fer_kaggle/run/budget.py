@@ -1,4 +1,4 @@
-"""Stage 3b: the plan: the work that fits the time the user gives (`--budget MINUTES`), and keeping to it.
+"""The plan: the work that fits the time the user gives (`--budget MINUTES`), and keeping to it.
 
     measure_speeds  seconds per training image and per predicted view of each backbone, timed here on real
                     batches with the run's own pipeline, dtype and threads; cached per machine

@@ -22,7 +22,7 @@ from torch import nn
 from fer_kaggle.data.competition import IMAGE_SIZE
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.core.atomic import read_json
-from fer_kaggle.core.runfolder import CONFIG_FILE, RERUN, RunFolder, load_checkpoint, predicting_weights
+from fer_kaggle.core.runfolder import CONFIG_FILE, RERUN, RunFolder, fold_name, load_checkpoint, predicting_weights
 from fer_kaggle.models.backbones import build_model
 from fer_kaggle.models.tta import SPACES, TTA_CHOICES, view, views
 
@@ -150,7 +150,7 @@ def load_ensemble(workdir, unit=None, tta=None, device="cpu"):
         names, weights, spaces = [], [], []
         for model, (weight, space) in kept_blend(workdir).items():
             if weight > 0:
-                names += [f"{model}/fold{k}" for k in range(n_folds)]
+                names += [f"{model}/{fold_name(k)}" for k in range(n_folds)]
                 weights += [weight / n_folds] * n_folds
                 spaces += [space] * n_folds
     if any(space not in SPACES for space in spaces):

@@ -1,4 +1,4 @@
-"""Stage 4a: the albumentations pipelines and the dataset that applies them.
+"""The albumentations pipelines and the dataset that applies them.
 
 The train pipeline is the definition of the augmentation; the eval pipeline only
 normalises. Both are saved with `A.save` beside each unit's outputs.

@@ -1,4 +1,4 @@
-"""Stage 4b: the training recipe's switchable parts; each is a Config field, judged by OOF accuracy.
+"""The training recipe's switchable parts; each is a Config field, judged by OOF accuracy.
 
     targets         dense (N, 7) training targets: one-hot labels, or a teacher's soft pseudo-labels
     mix_batch       mixup / cutmix (timm's box maths), `--mixup`, `--cutmix` (Beta alphas; 0: off)

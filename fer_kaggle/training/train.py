@@ -1,14 +1,7 @@
-"""Stage 4-5: train one unit (round, backbone, fold) and save its probabilities; resume if interrupted.
+"""Train one unit (round, backbone, fold) and save its probabilities; resume if interrupted.
 
 Reads  the unit's train/valid/test arrays (from the pipeline).
-Writes `<workdir>/round<r>/<backbone>-<key>/fold<k>/` (ablations: `ablation/<variant>/<backbone>-<key>/fold<k>/`;
-       runfolder.py names them, `key` standing for the unit's settings):
-       config.json, train_pipeline.json, eval_pipeline.json  (what was run)
-       checkpoint.pt   model, optimizer, scheduler and EMA after the last finished epoch (runfolder.py)
-       history.csv     per-epoch train/valid loss and accuracy (valid: on `monitor_rows` of the fold)
-       oof.npz         rows, probs (TTA), probs_plain: validation-fold probabilities
-       test.npz        ids, probs (TTA), probs_plain: test probabilities
-       metrics.json    written last: the unit is finished once it exists
+Writes the unit's folder, atomically: its files and what each holds are in runfolder.py's layout.
 """
 import os
 import time
@@ -44,12 +37,11 @@ class Unit:
     @property
     def model(self):
         """The folder of this unit's model, e.g. `round0/fer_vgg_cpu-1a2b3c4d` (all its folds)."""
-        stage = f"ablation/{self.variant}" if self.variant else f"round{self.round}"
-        return f"{stage}/{runfolder.model_dir_name(self.backbone, self.key)}"
+        return runfolder.model_folder(self.round, self.backbone, self.key, self.variant)
 
     @property
     def name(self):
-        return f"{self.model}/fold{self.fold}"
+        return f"{self.model}/{runfolder.fold_name(self.fold)}"
 
     def dir(self, workdir):
         return Path(workdir) / self.name
