@@ -6,6 +6,7 @@ import pytest
 
 from fer_kaggle import cli
 from fer_kaggle.bench import benchmarks as bench
+from fer_kaggle.bench import speed
 from fer_kaggle.data.inputs import DEMO_TRAIN
 
 NUMBER = r"[\d,]+(?:\.\d+)?"
@@ -71,3 +72,9 @@ def test_recipe_set_changes_the_base_with_the_fields_types():
     for bad in ("no_such_field=1", "epochs", "epochs="):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_setting(bad)
+
+
+def test_augment_bench_times_both_paths(capsys):
+    albumentations, batched = speed.bench_augment(n=256, batch=128)
+    assert albumentations > 0 and batched > 0
+    assert "full augmentation, 256 images: albumentations" in capsys.readouterr().out

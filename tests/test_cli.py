@@ -1,4 +1,5 @@
 """One command line: `fer-kaggle COMMAND`, `python -m fer_kaggle[.COMMAND]` and `bash run.sh` agree."""
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,13 @@ def test_a_missing_extra_is_one_line_with_the_pip_command(command, module, extra
         f"error: {command} needs {module}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "
         f"(bash run.sh installs it)"]
     assert not (tmp_path / "run").exists(), "refused before anything was read or trained"
+
+
+@pytest.mark.parametrize("command", ["ensemble", "report", "predict", "export", "bench"])
+def test_python_m_fer_kaggle_command_is_that_command(command, monkeypatch, capsys):
+    """`python -m fer_kaggle.<command> ARGS` (README's form) runs `fer-kaggle <command> ARGS`."""
+    monkeypatch.setattr(sys, "argv", [f"fer_kaggle.{command}", "--help"])
+    with pytest.raises(SystemExit) as stopped:  # --help: argparse prints and exits 0
+        runpy.run_module(f"fer_kaggle.{command}", run_name="__main__")
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: fer-kaggle {command} ")
