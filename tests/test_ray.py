@@ -27,8 +27,8 @@ import pytest
 from fer_kaggle import cli
 from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN, demo_head
 
-# The runs compared byte for byte learn from 900 train rows and predict 100: Ray's own start-up, not training,
-# is what these tests wait for. The runs that must last while nodes join or die use the whole sample.
+# The runs learn from 900 train rows and predict 100: Ray's own start-up, not training, is what these tests wait
+# for. The run that must last while nodes join uses the whole sample.
 SAMPLE = Path(tempfile.mkdtemp(prefix="fer_kaggle-ray-"))
 SMALL_TRAIN, SMALL_TEST = demo_head("train.csv.xz", 900, SAMPLE / "train.csv"), demo_head("test.csv.xz", 100, SAMPLE / "test.csv")
 
@@ -292,7 +292,7 @@ def test_a_node_dying_mid_unit_has_its_unit_finished_on_the_other_node(cluster, 
     address, _, worker_id, worker = cluster[:4]
     workdir = tmp_path / "run"
     workdir.mkdir()
-    command = [sys.executable, "-m", "fer_kaggle", str(DEMO_TRAIN), str(DEMO_TEST), str(workdir / "out.csv"),
+    command = [sys.executable, "-m", "fer_kaggle", str(SMALL_TRAIN), str(SMALL_TEST), str(workdir / "out.csv"),
                "--workdir", str(workdir), "--submissions", str(workdir / "subs"), *TINY, "--no-pseudo",
                "--backbones", "fer_resnet_tiny", "--epochs", "20", "--executor", "ray", "--ray-address", address,
                "--unit-threads", "1"]

@@ -45,7 +45,7 @@ def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_t
     """The demo through run.sh, both rounds, made small (one backbone, a few epochs; the whole demo's time and
     accuracy are benchmarks: BENCHMARKS.md)."""
     result = run_sh("--workdir", tmp_path / "run", "--submissions", tmp_path / "subs", "--backbones", "fer_vgg_tiny",
-                    "--epochs", "4", "--budget", "0", cwd=tmp_path)
+                    "--folds", "2", "--epochs", "4", "--budget", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     submissions = list((tmp_path / "subs").glob("*.csv"))
     assert len(submissions) == 1 and f"submission: {submissions[0]}" in result.stdout
@@ -57,7 +57,7 @@ def test_demo_writes_a_submission_that_beats_the_majority_class(tmp_path, demo_t
     oof_acc = summary["blends"][summary["kept"]]["oof_acc"]
     _, labels = demo_train
     majority = np.bincount(labels).max() / len(labels)
-    assert oof_acc > majority + 0.03, f"ensemble OOF accuracy {oof_acc:.3f} vs majority class {majority:.3f}"
+    assert oof_acc > majority + 0.02, f"ensemble OOF accuracy {oof_acc:.3f} vs majority class {majority:.3f}"
     assert f"ensemble OOF accuracy: {oof_acc:.4f}" in result.stdout
     assert {"round0/fer_vgg_tiny", "round1/fer_vgg_tiny"} <= {name.rsplit("-", 1)[0] for name in summary["models"]}
     assert "pseudo-labelling: ensemble OOF accuracy" in result.stdout
