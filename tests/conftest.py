@@ -12,6 +12,22 @@ from fer_kaggle.data.inputs import DEMO_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def _one_share_of_the_cores_per_worker():
+    """Under pytest-xdist (setup.cfg: one worker per core), each worker and every process it starts keep to
+    their own cores, and torch uses just those: two workers never fight over one core (on two cores, runs
+    side by side on the same cores were 3.5 times slower per step: BENCHMARKS.md)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = cores[int(worker[2:]) % len(cores)::workers] or cores
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
+
+
+_one_share_of_the_cores_per_worker()
+
 # Budgeted runs cache this machine's measured speeds (budget.cache_file): the suite's own cache, shared by
 # its runs and subprocesses, never the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")

@@ -29,8 +29,8 @@ def test_help_lists_every_command(capsys):
 
 
 def test_run_help_shows_each_presets_values(capsys):
-    """Today's main showed no defaults (all None until the preset resolves) and a preset 'gpu' that does not
-    exist."""
+    """The help shows each preset's value of an option (not None before the preset resolves), and only the
+    presets that exist."""
     printed = " ".join(_help(capsys, "run").split())
     epochs = ", ".join(f"{name} {cfg.epochs}" for name, cfg in PRESETS.items())
     assert f"({epochs})" in printed
@@ -80,7 +80,7 @@ def test_fer_kaggle_is_an_installed_command():
 
 @pytest.mark.slow
 def test_run_sh_test_is_the_test_suite_even_beside_a_test_folder(tmp_path):
-    """Today's main took `bash run.sh test` for data when the current folder held a test/ folder."""
+    """`bash run.sh test` is the test suite, also where the current folder holds a folder named test/."""
     (tmp_path / "test").mkdir()
     result = subprocess.run(["bash", str(ROOT / "run.sh"), "test", "--version"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)

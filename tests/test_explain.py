@@ -297,8 +297,7 @@ def test_figures_are_readable_pngs_with_class_names(tmp_path, faces, figure_text
 
 @pytest.mark.slow
 def test_load_unit_model_has_the_weights_that_predicted(finished_run):
-    """A unit trained with --ema predicts with its EMA weights: the report must explain those, not the raw
-    ones (today's main loaded the raw weights)."""
+    """A unit trained with --ema predicts with its EMA weights: the report explains those, not the raw ones."""
     from fer_kaggle.core.runfolder import load_checkpoint
     workdir, _ = finished_run
     ema_dir = workdir / "round0/fer_resnet_tiny/fold1"  # ema 0.9

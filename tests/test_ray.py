@@ -37,7 +37,8 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            # a killed node is known dead in about 3 s, not Ray's default half a minute (the head's health checks)
            "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
            "RAY_health_check_failure_threshold": "3"}
-TINY = ["--preset", "demo", "--folds", "2", "--epochs", "1", "--pseudo", "--pseudo-threshold", "0.2"]
+# --budget 0: the demo preset's 3-minute budget would refuse the longer runs below on a slow or busy machine
+TINY = ["--preset", "demo", "--folds", "2", "--epochs", "1", "--pseudo", "--pseudo-threshold", "0.2", "--budget", "0"]
 # a node's `ray start` options: one CPU, the loopback address, in the foreground (its process group is the node)
 NODE_OPTIONS = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
                 "--block"]
@@ -275,8 +276,10 @@ def test_nodes_joining_during_a_run_get_units_once_they_pass_the_shared_folder_c
         _kill_nodes(joining, hiding)
         _wait_for_nodes(address, 2)  # the next tests' runs check every alive node
     printed = "".join(output)
-    [joined] = re.findall(r"^Ray: node [\d.]+ ([0-9a-f]{8}) joined the cluster: 1 more unit\(s\) at a time$",
-                          printed, re.M)
+    joined = re.findall(r"^Ray: node [\d.]+ ([0-9a-f]{8}) joined the cluster: 1 more unit\(s\) at a time$",
+                        printed, re.M)
+    assert len(joined) == 1, printed[-3000:]
+    [joined] = joined
     assert trained_there, printed[-3000:]
     assert code == 2, printed[-3000:]
     refused = re.search(rf"^error: node [\d.]+ ([0-9a-f]{{8}}): the run folder {workdir} is not shared with it: No such "

@@ -43,9 +43,8 @@ def _trained(printed):
 
 @pytest.mark.slow
 def test_changed_settings_train_new_units_and_blend_only_them(tiny_run):
-    """--epochs 1, then --epochs 2: today's main trained nothing the second time and wrote the first run's
-    submission again. Now the second run trains its own units beside the old ones and blends only them;
-    going back to --epochs 1 reuses the first units, training nothing."""
+    """--epochs 1, then --epochs 2: the second run trains its own units beside the old ones and blends only
+    them; going back to --epochs 1 reuses the first units, training nothing."""
     _, printed, first = tiny_run()
     assert len(_trained(printed)) == 2
     _, printed, second = tiny_run("--epochs", "2")
@@ -145,8 +144,8 @@ def test_readers_find_the_demo_run_or_the_newest_finished(tmp_path):
 
 @pytest.mark.slow
 def test_ensemble_with_no_options_after_the_demo(finished_run, tmp_path, monkeypatch, capsys):
-    """README's `python -m fer_kaggle.ensemble` from the project root after `bash run.sh` (the demo run is in
-    folds/demo): today's main said "folds: no run here"."""
+    """README's `python -m fer_kaggle.ensemble` from the project root after `bash run.sh` finds the demo run in
+    folds/demo."""
     import shutil
 
     shutil.copytree(finished_run[0], tmp_path / "folds" / "demo")

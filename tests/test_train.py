@@ -78,7 +78,7 @@ def test_finished_unit_is_skipped(tmp_path, small_unit_data, monkeypatch):
 
 
 def test_a_finished_unit_is_not_handed_back_for_other_settings(tmp_path, small_unit_data):
-    """Today's main returned a finished unit's metrics before comparing its settings."""
+    """A finished unit's folder trained with other settings is refused, not handed back as finished."""
     train_unit(CFG, UNIT, tmp_path, small_unit_data, CPU)
     with pytest.raises(FerKaggleError, match=r"was trained with tta=flip_shift \(now none\)"):
         train_unit(CFG.replace(tta="none"), UNIT, tmp_path, small_unit_data, CPU)
