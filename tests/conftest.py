@@ -141,9 +141,3 @@ def interrupt_then_resume(monkeypatch):
         monkeypatch.setattr(train, "_train_epoch", real_epoch)
         return train.train_unit(cfg, unit, workdir, data, device, pace=pace)
     return run
-
-
-def pytest_collection_modifyitems(items):
-    """The Ray tests first: the longest file (a cluster started, nodes joining and dying), so that the other
-    worker runs the remaining files beside it (pytest-xdist hands the files out in this order)."""
-    items.sort(key=lambda item: item.path.name != "test_ray.py")  # stable: each file keeps its own order
