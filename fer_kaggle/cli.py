@@ -149,26 +149,31 @@ def _default_run(args):
         print(f"run folder: {folder} ({why})", file=sys.stderr)
 
 
-def _report_module():
-    from fer_kaggle.analysis import report  # matplotlib, captum, torchinfo: loaded only when asked for
-    return report
-
-
-def missing_extra(exc, command):
-    """One line for a command whose optional extra is not installed (the extra named by the installed package's
-    own requirements), or None when the missing module is not an extra's."""
-    name = (exc.name or "").partition(".")[0]
+def optional_modules():
+    """{module: the optional extra that installs it}, from the installed package's own requirements
+    (setup.cfg's extras: those of report and serve import under their distributions' names). Empty when the
+    package is not installed."""
     try:
         requirements = importlib.metadata.requires("fer_kaggle") or []
     except importlib.metadata.PackageNotFoundError:
         requirements = []
+    modules = {}
     for requirement in requirements:  # e.g. "captum>=0.8; extra == 'report'"
         match = re.match(r"([A-Za-z0-9_.-]+).*extra\s*==\s*['\"]([\w-]+)['\"]", requirement)
-        if match and match.group(1).lower().replace("-", "_") == name.lower():
-            extra = match.group(2)
-            return (f"{command} needs {name}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "
-                    f"(bash run.sh installs it)")
-    return None
+        if match:
+            modules.setdefault(match.group(1).lower().replace("-", "_"), match.group(2))
+    return modules
+
+
+def missing_extra(exc, command):
+    """One line for a command whose optional extra is not installed, or None when the missing module is not
+    an extra's."""
+    name = (exc.name or "").partition(".")[0]
+    extra = optional_modules().get(name.lower())
+    if extra is None:
+        return None
+    return (f"{command} needs {name}, part of the optional extra [{extra}]: pip install 'fer_kaggle[{extra}]' "
+            f"(bash run.sh installs it)")
 
 
 def main(argv=None):
@@ -183,7 +188,9 @@ def main(argv=None):
         try:
             args = build_parser(command).parse_args([command, *rest])
             module = importlib.import_module(f"fer_kaggle.{COMMANDS[command][0]}")
-            report = _report_module() if command == "run" and args.report is not None else None  # before training
+            report = None
+            if command == "run" and args.report is not None:  # before training: a missing extra stops it at once
+                from fer_kaggle.analysis import report  # matplotlib, captum, torchinfo: loaded only when asked for
         except ModuleNotFoundError as exc:
             message = missing_extra(exc, command)
             if message is None:

@@ -32,7 +32,8 @@ _one_share_of_the_cores_per_worker()
 # its runs and subprocesses, never the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")
 # A run in seconds on the demo sample: one tiny backbone, two folds, one epoch, no pseudo-labelling round
-TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo", "--device", "cpu"]
+TINY = ["--preset", "demo", "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "1", "--no-pseudo",
+        "--device", "cpu"]
 DEMO = DEMO_DATA  # the bundled sample: real rows of the competition files
 
 

@@ -307,7 +307,8 @@ def test_explicit_epochs_are_obeyed_and_too_much_work_for_the_budget_is_refused(
 def test_a_recorded_plan_replayed_gives_the_same_submission_bytes(tmp_path, capsys, small_files):
     code, original, captured = _run(tmp_path, capsys, small_files, "original", "--budget", "1", "--epochs", "2")
     assert code == 0, captured.err[-2000:]
-    code, replay, captured = _run(tmp_path, capsys, small_files, "replay", "--plan", str(tmp_path / "original" / "plan.json"))
+    plan = tmp_path / "original" / "plan.json"
+    code, replay, captured = _run(tmp_path, capsys, small_files, "replay", "--plan", str(plan))
     assert code == 0, captured.err[-2000:]
     assert "following" in captured.out and "plan for --budget" not in captured.out
     assert replay.read_bytes() == original.read_bytes()

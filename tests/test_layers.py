@@ -32,8 +32,9 @@ def _imports(name):
             found.update(alias.name for alias in node.names if alias.name.startswith("fer_kaggle."))
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # relative: from the module's own package
-                base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            if node.level:  # relative: `from .` is the module's own package, each further dot one up
+                parents = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parents, base] if base else parents)
             if base != "fer_kaggle" and not base.startswith("fer_kaggle."):
                 continue
             for alias in node.names:
@@ -61,7 +62,8 @@ def test_every_module_is_in_a_layer_or_is_a_command_at_the_top():
     entry_points = ["fer_kaggle.__main__", "fer_kaggle.ensemble", "fer_kaggle.export", "fer_kaggle.predict",
                     "fer_kaggle.report"]
     top = sorted(name for name in MODULES if _layer(name) == TOP)
-    assert top == sorted(["fer_kaggle", "fer_kaggle._startup", "fer_kaggle.cli", "fer_kaggle.bench.__main__", *entry_points])
+    assert top == sorted(["fer_kaggle", "fer_kaggle._startup", "fer_kaggle.cli", "fer_kaggle.bench.__main__",
+                          *entry_points])
     for name in [*entry_points, "fer_kaggle.bench.__main__"]:
         assert GRAPH[name] == {"fer_kaggle.cli"}, f"{name} only hands its arguments to the command line"
 

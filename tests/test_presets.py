@@ -52,7 +52,8 @@ def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(parallel_units, tmp_pa
     """The preset's whole pipeline (one epoch, on 600 rows of the sample): folds, units (one at a time, or two
     side by side in the local process pool), ten-crop TTA, ensemble, submission."""
     out = tmp_path / "out.csv"
-    train, test = demo_head("train.csv.xz", 600, tmp_path / "train.csv"), demo_head("test.csv.xz", 100, tmp_path / "test.csv")
+    train = demo_head("train.csv.xz", 600, tmp_path / "train.csv")
+    test = demo_head("test.csv.xz", 100, tmp_path / "test.csv")
     code = cli.main([str(train), str(test), str(out), "--preset", "cpu", "--epochs", "1", "--budget", "0",
                           "--parallel-units", str(parallel_units),
                           "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])

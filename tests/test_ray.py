@@ -30,7 +30,8 @@ from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN, demo_head
 # The runs learn from 900 train rows and predict 100: Ray's own start-up, not training, is what these tests wait
 # for. The run that must last while nodes join uses the whole sample.
 SAMPLE = Path(tempfile.mkdtemp(prefix="fer_kaggle-ray-"))
-SMALL_TRAIN, SMALL_TEST = demo_head("train.csv.xz", 900, SAMPLE / "train.csv"), demo_head("test.csv.xz", 100, SAMPLE / "test.csv")
+SMALL_TRAIN = demo_head("train.csv.xz", 900, SAMPLE / "train.csv")
+SMALL_TEST = demo_head("test.csv.xz", 100, SAMPLE / "test.csv")
 
 # no usage statistics, no authentication token to hand around between the test's processes
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fer_kaggle.training import augment, recipe
-from fer_kaggle.bench.speed import FER2013_TRAIN_ROWS, bench_train
+from fer_kaggle.bench.speed import FER2013_TEST_ROWS, FER2013_TRAIN_ROWS, bench_train
 from fer_kaggle.core.config import PRESETS
 from fer_kaggle.data.competition import read_train
 from fer_kaggle.core.errors import FerKaggleError, TimeLimitReached
@@ -104,7 +104,7 @@ def extrapolate_minutes(cfg, speeds):
     seconds = 0.0
     for backbone in cfg.backbones:
         train = cfg.folds * cfg.epochs * rows_per_unit / speeds[backbone]["train"]
-        predict = cfg.folds * views * (FER2013_TRAIN_ROWS / cfg.folds + 7178) / speeds[backbone]["infer"]
+        predict = cfg.folds * views * (FER2013_TRAIN_ROWS / cfg.folds + FER2013_TEST_ROWS) / speeds[backbone]["infer"]
         seconds += (train + predict) * (2 if cfg.pseudo else 1)
     return seconds / 60
 

@@ -20,7 +20,8 @@ from fer_kaggle.data.inputs import DEMO_TRAIN
 from fer_kaggle.models.tta import predict_views, views
 from fer_kaggle.training import augment, recipe
 from fer_kaggle.training.gpu_augment import BatchAugment
-from fer_kaggle.training.train import autocast_dtype, loader_workers, make_batches, make_step, resolve_device, synchronize
+from fer_kaggle.training.train import (autocast_dtype, loader_workers, make_batches, make_step, resolve_device,
+                                       synchronize)
 
 FER2013_TRAIN_ROWS, FER2013_TEST_ROWS = 28_709, 7_178
 

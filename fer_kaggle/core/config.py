@@ -57,9 +57,11 @@ class Config:
     augment: str = setting("full", "train-time augmentation (none: an ablation)", ["full", "light", "none"], role=UNIT)
     erase: float = setting(0.5, "probability of random erasing (one 8-16 px hole) in --augment full", role=UNIT)
     crop: int = setting(0, "train on random CROP x CROP windows (e.g. 44), predict the centre (0: off)", role=UNIT)
-    normalize: bool = setting(True, "normalise by the train pixels' mean and std (off: pixels / 255, an ablation)", role=UNIT)
+    normalize: bool = setting(True, "normalise by the train pixels' mean and std (off: pixels / 255, an ablation)",
+                              role=UNIT)
     augment_on: str = setting("auto", "train-time augmentation batched on the device, or albumentations in "
-                              "DataLoader workers (auto: device on CUDA, host on a CPU)", ["auto", "device", "host"], role=RESOLVED)
+                              "DataLoader workers (auto: device on CUDA, host on a CPU)", ["auto", "device", "host"],
+                              role=RESOLVED)
     parallel_units: int = setting(1, "units trained side by side in local processes on a CPU, each with "
                                   "cores/N threads (1: one at a time with every core)", role=SESSION)
     executor: str = setting("local", "how units run: local (one at a time, or --parallel-units side by side "
@@ -93,7 +95,8 @@ class Config:
     # --- pseudo-labelling
     pseudo: bool = setting(True, "a second round trained with confident test predictions added", role=RUN)
     pseudo_threshold: float = setting(0.9, "minimum teachers' probability for a pseudo-label, as a share of the "
-                                      "highest probability a model trained with --label-smoothing can output", role=STUDENT)
+                                      "highest probability a model trained with --label-smoothing can output",
+                                      role=STUDENT)
     pseudo_soft: bool = setting(False, "train on the teachers' probabilities instead of their labels", role=STUDENT)
     strict_shift: bool = setting(False, "stop (exit status 2, nothing trained) when the test images differ "
                                  "materially from the train images, instead of a warning", role=SESSION)
@@ -124,7 +127,8 @@ PRESETS = {
                   tta="ten_crop", augment_on="device", monitor_rows=2000, pseudo=False, budget=60.0),
     # One GPU, planned to 8 minutes: VGG-13 and CIFAR ResNet-18 on 5 folds, 44 px crops with ten-crop TTA.
     # Never yet run on a GPU (BENCHMARKS.md).
-    "fast": Config(preset="fast", backbones=("fer_vgg13", "fer_resnet18"), epochs=30, batch_size=256, optimizer="auto", lr=0.1, crop=44, tta="ten_crop",
+    "fast": Config(preset="fast", backbones=("fer_vgg13", "fer_resnet18"), epochs=30, batch_size=256, optimizer="auto",
+                   lr=0.1, crop=44, tta="ten_crop",
                    compile=True, checkpoint_every=5, budget=8.0),
     # One GPU, planned to 20 minutes: a third family, more epochs, EMA and cutmix.
     "full": Config(preset="full", backbones=("fer_vgg13", "fer_resnet18", "fer_convnext"), epochs=50,

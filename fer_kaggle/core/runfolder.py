@@ -15,7 +15,8 @@ This docstring is the layout's one description (docs/outputs.md points here):
         train_pipeline.json, eval_pipeline.json   albumentations' own serialisation (A.load reads them)
         checkpoint.pt                  model, optimizer, scheduler, EMA after the last finished epoch
         history.csv                    per epoch: lr, train/valid loss and accuracy (valid: --monitor-rows), seconds
-        oof.npz                        rows, probs (TTA, probability average), probs_logit, probs_plain: the held-out fold
+        oof.npz                        the held-out fold: rows, probs (TTA, probability average), probs_logit,
+                                       probs_plain
         test.npz                       ids, probs, probs_logit, probs_plain
         metrics.json                   written last: the unit is finished once it exists
       round1/<backbone>-<key>/fold<k>/ a pseudo-labelling student, the same files
