@@ -28,6 +28,18 @@ def _one_share_of_the_cores_per_worker():
 
 _one_share_of_the_cores_per_worker()
 
+# The files that take longest, longest first (`pytest --durations=0`). Each file runs on one worker (setup.cfg's
+# --dist loadfile), in this order (--no-loadscope-reorder): a long file started last would be the suite's tail
+# while the other worker idles. The Ray file (a cluster on one core) alone takes most of a worker's time.
+LONGEST_FIRST = ["test_ray.py", "test_run_sh.py", "test_faults.py", "test_executor.py", "test_budget.py",
+                 "test_gpu_ready.py", "test_runfolder.py", "test_report.py", "test_train.py", "test_presets.py",
+                 "test_export.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
+
 # Budgeted runs cache this machine's measured speeds (budget.cache_file): the suite's own cache, shared by
 # its runs and subprocesses, never the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fer_kaggle-tests-cache-")
@@ -61,9 +73,17 @@ def small_unit_data(demo_train, demo_test):
 
 # ---------------------------------------------------------------- a finished run (inference, export, predict)
 
+def _suite_folder(tmp_path_factory):
+    """A folder shared by the suite's workers (their own temporary folders are inside it), or this session's."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, demo_train, demo_test):
-    """(workdir, test images) of a tiny finished run: 2 models x 2 folds and its ensemble.json.
+    """(workdir, test images) of a tiny finished run: 2 models x 2 folds and its ensemble.json. Built once for
+    the whole suite: the first worker that needs it builds it under a lock, the other reads it (tests that
+    change a run change a copy).
 
     round0/fer_vgg_tiny predicts with flip TTA; round0/fer_resnet_tiny is trained on 44 px crops
     with an EMA of its weights and predicts with ten-crop TTA, so every way a unit can predict is
@@ -73,14 +93,23 @@ def finished_run(tmp_path_factory, demo_train, demo_test):
     flip changes them by up to 0.27), so a preprocessing slip is seen (after 1 epoch every face got
     about 1/7 of each class, and a missing flip changed them by 5e-5).
     """
-    import torch
+    from filelock import FileLock
 
+    shared = _suite_folder(tmp_path_factory)
+    tmp, test_images = shared / "finished_run", demo_test[1][:40]
+    with FileLock(str(shared / "finished_run.lock")):
+        if not (tmp / "built").exists():
+            _build_finished_run(tmp, demo_train, demo_test)
+            (tmp / "built").touch()
+    return tmp / "run", test_images
+
+
+def _build_finished_run(tmp, demo_train, demo_test):
     from fer_kaggle.blend import ensemble
     from fer_kaggle.core.config import PRESETS
     from fer_kaggle.data.folds import make_or_load_folds
     from fer_kaggle.training.train import Unit, UnitData, train_unit
 
-    tmp = tmp_path_factory.mktemp("finished_run")
     workdir = tmp / "run"
     images, labels = demo_train[0][:300], demo_train[1][:300]
     ids, test_images = demo_test[0][:40], demo_test[1][:40]
@@ -95,7 +124,6 @@ def finished_run(tmp_path_factory, demo_train, demo_test):
                             ids, test_images)
             train_unit(unit_cfg, Unit(0, backbone, fold), workdir, data, torch.device("cpu"))
     ensemble.run(workdir, tmp / "submissions")
-    return workdir, test_images
 
 
 @pytest.fixture(scope="session")

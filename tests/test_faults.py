@@ -205,6 +205,7 @@ def test_a_disk_clearly_too_small_is_refused_before_training(undisturbed, tmp_pa
     assert not list((tmp_path / "run").glob("round0/*/fold*/checkpoint.pt"))
 
 
+@pytest.mark.slow
 def test_kills_and_damage_at_random_moments_end_in_the_undisturbed_submission():
     from fer_kaggle.bench.chaos import chaos
     figures = chaos(trials=1, stops=2, seed=3, damage_share=1.0, log=lambda line: None)

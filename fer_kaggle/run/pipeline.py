@@ -93,20 +93,21 @@ def resolve(args):
 
 
 def estimate_cpu_hours(cfg, n_train, device):
-    """Time a few real training steps of each backbone here and extrapolate to the whole preset."""
-    seconds_per_image = 0.0
+    """Time one real training step of each backbone here (after an untimed one) and extrapolate to the whole
+    preset: an order of magnitude, in seconds (small batches: a GPU preset's models are slow on a CPU)."""
+    seconds_per_image, batch = 0.0, 8
     for backbone in cfg.backbones:
         model = build_model(backbone, device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        images = torch.randn(32, 1, cfg.image_size, cfg.image_size)
-        labels = torch.randint(0, 7, (32,))
-        for step in range(3):
+        images = torch.randn(batch, 1, cfg.image_size, cfg.image_size)
+        labels = torch.randint(0, 7, (batch,))
+        for step in range(2):
             if step == 1:
                 started = time.perf_counter()
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images), labels).backward()
             optimizer.step()
-        seconds_per_image += (time.perf_counter() - started) / (2 * 32)
+        seconds_per_image += (time.perf_counter() - started) / batch
     images_per_backbone = cfg.epochs * n_train * (cfg.folds - 1) * (2 if cfg.pseudo else 1)
     return images_per_backbone * seconds_per_image / 3600, images_per_backbone * len(cfg.backbones)
 

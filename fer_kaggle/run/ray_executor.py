@@ -85,7 +85,7 @@ class RayCluster(Slots):
     start and at least every `poll_s` seconds, the alive nodes are listed again. A joined node that fails
     the check stops the run, since Ray would schedule units on it all the same."""
 
-    poll_s = 30
+    poll_s = 5  # listing the nodes is one small request to the cluster's head: a joined node is used within seconds
 
     def __init__(self, address, threads, workdir, device_choice):
         self.ray = _import_ray()
