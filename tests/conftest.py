@@ -96,23 +96,21 @@ def finished_run(tmp_path_factory, demo_train, demo_test):
     from filelock import FileLock
 
     shared = _suite_folder(tmp_path_factory)
-    tmp, test_images = shared / "finished_run", demo_test[1][:40]
+    tmp, ids, test_images = shared / "finished_run", demo_test[0][:40], demo_test[1][:40]
     with FileLock(str(shared / "finished_run.lock")):
         if not (tmp / "built").exists():
-            _build_finished_run(tmp, demo_train, demo_test)
+            _build_finished_run(tmp, demo_train[0][:300], demo_train[1][:300], ids, test_images)
             (tmp / "built").touch()
     return tmp / "run", test_images
 
 
-def _build_finished_run(tmp, demo_train, demo_test):
+def _build_finished_run(tmp, images, labels, ids, test_images):
     from fer_kaggle.blend import ensemble
     from fer_kaggle.core.config import PRESETS
     from fer_kaggle.data.folds import make_or_load_folds
     from fer_kaggle.training.train import Unit, UnitData, train_unit
 
     workdir = tmp / "run"
-    images, labels = demo_train[0][:300], demo_train[1][:300]
-    ids, test_images = demo_test[0][:40], demo_test[1][:40]
     cfg = PRESETS["demo"].replace(folds=2, epochs=4, lr=2e-2, warmup_epochs=0.3, amp="off", tta="flip",
                                   device="cpu")
     configs = {"fer_vgg_tiny": cfg, "fer_resnet_tiny": cfg.replace(crop=44, tta="ten_crop", ema=0.9)}

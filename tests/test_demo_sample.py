@@ -30,8 +30,8 @@ def test_an_old_demo_folder_is_moved_aside_and_the_demo_runs(tmp_path, capsys):
     (workdir / "folds.json").write_text(json.dumps({"train_fingerprint": "0123456789ab" + "f" * 52,
                                                     "folds": 3, "seed": 2013}))
     (workdir / "round0" / "marker").write_text("the old run")
-    code = cli.main(["--workdir", str(workdir), "--epochs", "1", "--folds", "2", "--no-pseudo", "--backbones", "fer_vgg_tiny",
-                     "--budget", "0", "--submissions", str(tmp_path / "subs")])
+    code = cli.main(["--workdir", str(workdir), "--epochs", "1", "--folds", "2", "--no-pseudo", "--backbones",
+                     "fer_vgg_tiny", "--budget", "0", "--submissions", str(tmp_path / "subs")])
     assert code == 0
     aside = tmp_path / "demo-0123456789ab"
     assert (aside / "round0" / "marker").read_text() == "the old run", "the old run is kept"

@@ -53,8 +53,9 @@ def test_cpu_preset_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     out = tmp_path / "out.csv"
     train = demo_head("train.csv.xz", 600, tmp_path / "train.csv")
     test = demo_head("test.csv.xz", 100, tmp_path / "test.csv")
-    code = cli.main([str(train), str(test), str(out), "--preset", "cpu", "--epochs", "1", "--folds", "2", "--budget", "0",
-                     "--parallel-units", "2", "--workdir", str(tmp_path / "w"), "--submissions", str(tmp_path / "subs")])
+    code = cli.main([str(train), str(test), str(out), "--preset", "cpu", "--epochs", "1", "--folds", "2",
+                     "--budget", "0", "--parallel-units", "2", "--workdir", str(tmp_path / "w"),
+                     "--submissions", str(tmp_path / "subs")])
     assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id,label" and len(lines) == 101

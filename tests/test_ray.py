@@ -29,7 +29,7 @@ from fer_kaggle import cli
 from fer_kaggle.data.inputs import DEMO_TEST, DEMO_TRAIN, demo_head
 
 # The runs learn from 900 train rows and predict 100: Ray's own start-up, not training, is what these tests wait
-# for. The run that must last while nodes join uses the whole sample.
+# for.
 SAMPLE = Path(tempfile.mkdtemp(prefix="fer_kaggle-ray-"))
 SMALL_TRAIN = demo_head("train.csv.xz", 900, SAMPLE / "train.csv")
 SMALL_TEST = demo_head("test.csv.xz", 100, SAMPLE / "test.csv")
@@ -259,23 +259,29 @@ def test_nodes_joining_during_a_run_get_units_once_they_pass_the_shared_folder_c
     env = {**os.environ, **RAY_ENV, "RAY_DEDUP_LOGS": "0"}
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, paused, joining, hiding, trained_there = [], set(), None, None, False
+
+    def pause(pid):
+        paused.add(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
     try:
         for line in run.stdout:  # forwarded by Ray: "(_ray_unit pid=N) round0/.../fold1 epoch 3/30: ..."
             output.append(line)
             epoch = re.search(r"pid=(\d+).*? epoch \d+/30", line)
-            if joining is None and epoch:  # a unit on one of the cluster's two nodes
-                if int(epoch.group(1)) not in paused:
-                    paused.add(int(epoch.group(1)))
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(epoch.group(1)), signal.SIGSTOP)
+            if not epoch:
+                continue
+            pid = int(epoch.group(1))
+            if joining is None:  # a unit on one of the cluster's two nodes
+                if pid not in paused:
+                    pause(pid)
                 if len(paused) == 2:
                     joining = _start_node(address, tag="joined_late")
-            elif hiding is None and joining is not None and epoch:
+            elif hiding is None:
                 with contextlib.suppress(OSError, ValueError):
-                    trained_there = _parent_group(int(epoch.group(1))) == joining.pid
+                    trained_there = _parent_group(pid) == joining.pid
                 if trained_there:  # paused too; now one that cannot see the run folder (an empty tmpfs over tmp_path)
-                    paused.add(int(epoch.group(1)))
-                    os.kill(int(epoch.group(1)), signal.SIGSTOP)
+                    pause(pid)
                     hiding = _start_node(address, hide=tmp_path, tag="hiding")
         code = run.wait(timeout=300)
     finally:
