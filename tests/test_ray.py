@@ -158,11 +158,23 @@ def _wait_for_nodes(address, count, timeout=90):
 
 
 def _kill_nodes(*processes):
-    for process in processes:  # each node's processes are in its own process group: SIGKILL is instant
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):  # the node-death test killed the worker
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
+    """SIGKILL every process of each node: its `ray start` process group, and the Ray worker processes that
+    its raylet started (each in a session of its own: left alive, a unit's worker goes on training for a
+    while after its node has died)."""
+    for process in processes:
+        if process is None:
+            continue
+        workers = [pid for pid in _pids() if _parent_group(pid) == process.pid]
+        with contextlib.suppress(ProcessLookupError):  # the node-death test killed the worker node
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
+
+def _pids():
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
 @pytest.mark.slow
@@ -235,10 +247,14 @@ def test_a_local_ray_instance_stopped_by_ctrl_c_resumes_to_what_the_sequential_l
 
 
 def _parent_group(pid):
-    """The process group of a process's parent: a Ray worker process sits in a session of its own, and its
-    parent is the raylet of its node, which is in the process group of that node's `ray start`."""
-    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return os.getpgid(parent)
+    """The process group of a process's parent (None once either has gone): a Ray worker process sits in a
+    session of its own, and its parent is the raylet of its node, which is in the process group of that node's
+    `ray start`."""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return os.getpgid(parent)
+    except (OSError, ValueError):
+        return None
 
 
 @pytest.mark.slow
@@ -278,8 +294,7 @@ def test_nodes_joining_during_a_run_get_units_once_they_pass_the_shared_folder_c
                 if len(paused) == 2:
                     joining = _start_node(address, tag="joined_late")
             elif hiding is None:
-                with contextlib.suppress(OSError, ValueError):
-                    trained_there = _parent_group(pid) == joining.pid
+                trained_there = _parent_group(pid) == joining.pid
                 if trained_there:  # paused too; now one that cannot see the run folder (an empty tmpfs over tmp_path)
                     pause(pid)
                     hiding = _start_node(address, hide=tmp_path, tag="hiding")
@@ -322,10 +337,9 @@ def test_a_node_dying_mid_unit_has_its_unit_finished_on_the_other_node(cluster, 
         output.append(line)
         forwarded = re.search(r"pid=(\d+).*?(round0/\S+/fold\d) epoch (\d+)/4", line)
         if killed is None and forwarded and int(forwarded.group(3)) < 3:
-            with contextlib.suppress(OSError, ValueError):
-                if _parent_group(int(forwarded.group(1))) == worker.pid:  # a unit on the worker node
-                    killed, killed_pid = forwarded.group(2), forwarded.group(1)
-                    os.killpg(worker.pid, signal.SIGKILL)
+            if _parent_group(int(forwarded.group(1))) == worker.pid:  # a unit on the worker node
+                killed, killed_pid = forwarded.group(2), forwarded.group(1)
+                _kill_nodes(worker)
     printed = "".join(output)
     assert run.wait(timeout=300) == 0, printed[-3000:]
     assert killed, "no unit was seen running on the worker node: " + printed[-3000:]
