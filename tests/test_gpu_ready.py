@@ -63,7 +63,7 @@ def test_self_check_says_it_needs_cuda(capsys, monkeypatch):
 def test_self_check_runs_its_checks_on_a_cpu(capsys):
     """Everything but the sync count (CUDA only) runs here, small: both augmentation paths agree, the short
     run of the fast recipe stops at its time limit and resumes to a submission, and speeds are printed."""
-    code = cli.main(["bench", "gpu", "--device", "cpu", "--rows", "600", "--steps", "2",
+    code = cli.main(["bench", "gpu", "--device", "cpu", "--rows", "600", "--steps", "1",
                        "--backbones", "fer_vgg_tiny,fer_resnet_tiny"])
     printed = capsys.readouterr().out
     assert code == 0

@@ -114,11 +114,7 @@ def cluster(tmp_path_factory):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     worker = None
     try:
-        for _ in range(60):  # the head takes a few seconds to listen
-            time.sleep(1)
-            if subprocess.run([RAY_BIN, "status", "--address", address], env={**os.environ, **RAY_ENV},
-                              capture_output=True).returncode == 0:
-                break
+        _wait_for_port(port)
         worker = _start_node(address, hide=hidden, tag="hidden_view")
         [worker_id] = [n["NodeID"] for n in _wait_for_nodes(address, 2) if "hidden_view" in n["Resources"]]
         yield address, hidden, worker_id, worker
@@ -127,6 +123,18 @@ def cluster(tmp_path_factory):
 
 
 RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+def _wait_for_port(port, timeout=60):
+    """Once the head's GCS listens (a few seconds), nodes can join: a connection tried every 0.2 s (`ray status`
+    would start a Python process each time, beside the head's own start-up on the suite's one core)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, f"the Ray head listens on no port {port} after {timeout} s"
+        time.sleep(0.2)
 
 
 def _start_node(address, hide=None, tag="node"):

@@ -165,18 +165,17 @@ def submission_name(models, kept, oof_acc):
     return f"{'+'.join(backbones)}_{rounds}_{kept}_oof{oof_acc:.4f}.csv"
 
 
-def print_report(result, file=sys.stdout):
-    print(f"{'model':<40} {'OOF acc':>8} {'no TTA':>8} {'TTA gain':>9}  TTA average: prob / logit", file=file)
+def print_report(result):
+    print(f"{'model':<40} {'OOF acc':>8} {'no TTA':>8} {'TTA gain':>9}  TTA average: prob / logit")
     for name, scores in result["models"].items():
         spaces = " / ".join(f"{scores[f'oof_acc_{space}']:.4f}" if f"oof_acc_{space}" in scores else "-"
                             for space in SPACE_KEYS)
         print(f"{name:<40} {scores['oof_acc']:>8.4f} {scores['oof_acc_plain']:>8.4f} "
-              f"{scores['oof_acc'] - scores['oof_acc_plain']:>+9.4f}  {spaces} (kept: {scores['tta_space']})",
-              file=file)
+              f"{scores['oof_acc'] - scores['oof_acc_plain']:>+9.4f}  {spaces} (kept: {scores['tta_space']})")
     for method, scores in result["blends"].items():
         weights = " ".join(f"{w:.2f}" for w in scores["weights"])
         mark = "  <- kept" if method == result["kept"] else ""
-        print(f"{'ensemble ' + method:<40} {scores['oof_acc']:>8.4f}   weights {weights}{mark}", file=file)
+        print(f"{'ensemble ' + method:<40} {scores['oof_acc']:>8.4f}   weights {weights}{mark}")
 
 
 def run(workdir="folds", submissions="submissions", out=None, names=None):
