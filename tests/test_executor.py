@@ -55,25 +55,33 @@ def _arrays(workdir, fold):
         return {k: oof[k] for k in oof.files} | {f"test_{k}": test[k] for k in test.files}
 
 
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory, demo_train, demo_test):
+    """The sequential loop's files for the two units of `_jobs`, one thread each: what the pools must write."""
+    workdir = tmp_path_factory.mktemp("sequential")
+    threads = torch.get_num_threads()
+    done = [d.job.unit.fold for d in Sequential(1).run(_jobs(workdir), _arrays_of(demo_train, demo_test), None)]
+    assert done == [0, 1]
+    assert torch.get_num_threads() == threads, "the sequential loop gives its threads back"
+    return workdir
+
+
 @pytest.mark.slow  # spawned worker processes
-def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, monkeypatch):
+def test_pool_writes_what_one_at_a_time_writes(tmp_path, demo_train, demo_test, one_at_a_time):
     """Each unit gets its own arrays and seeds in its worker: with the same thread count (one), the pool's
     files equal the sequential loop's, byte for byte, whatever order the units finish in."""
-    threads = torch.get_num_threads()
     arrays = _arrays_of(demo_train, demo_test)
-    done = [d.job.unit.fold for d in Sequential(1).run(_jobs(tmp_path / "seq"), arrays, None)]
-    assert torch.get_num_threads() == threads, "the sequential loop gives its threads back"
     finished = [d.job.unit.fold for d in LocalPool(2, 1).run(_jobs(tmp_path / "pool"), arrays, None)]
-    assert done == [0, 1] and sorted(finished) == [0, 1]
+    assert sorted(finished) == [0, 1]
     for fold in range(2):
-        sequential, pooled = _arrays(tmp_path / "seq", fold), _arrays(tmp_path / "pool", fold)
+        sequential, pooled = _arrays(one_at_a_time, fold), _arrays(tmp_path / "pool", fold)
         assert sequential.keys() == pooled.keys()
         for key in sequential:
             assert np.array_equal(sequential[key], pooled[key]), (fold, key)
 
 
 @pytest.mark.slow  # spawned worker processes
-def test_several_devices_train_one_unit_each_at_a_time(tmp_path, demo_train, demo_test):
+def test_several_devices_train_one_unit_each_at_a_time(tmp_path, demo_train, demo_test, one_at_a_time):
     """Kaggle's two T4s without Ray: each running unit has a device of its own. Two CPU device names
     stand in for two GPUs here; the files equal one at a time's, as the pool's do."""
     arrays = _arrays_of(demo_train, demo_test)
@@ -82,9 +90,8 @@ def test_several_devices_train_one_unit_each_at_a_time(tmp_path, demo_train, dem
     first_two = sorted(d.where.rsplit(" on ", 1)[1] for d in done[:2])
     assert first_two == ["cpu", "cpu:0"], [d.where for d in done]
     assert len(done) == 3 and done[2].where.rsplit(" on ", 1)[1] in first_two
-    list(Sequential(1).run(_jobs(tmp_path / "seq"), arrays, None))
     for fold in range(2):
-        sequential, pooled = _arrays(tmp_path / "seq", fold), _arrays(tmp_path / "devices", fold)
+        sequential, pooled = _arrays(one_at_a_time, fold), _arrays(tmp_path / "devices", fold)
         assert all(np.array_equal(sequential[key], pooled[key]) for key in sequential), fold
 
 
