@@ -45,18 +45,19 @@ def test_demo_killed_with_kill_9_resumes_and_writes_a_submission_that_beats_the_
     benchmarks: BENCHMARKS.md), killed with kill -9 in its second unit: the same command again keeps what was
     finished, resumes the killed unit after its last epoch, and goes on through both rounds to the submission."""
     command = ["bash", str(ROOT / "run.sh"), "--workdir", str(tmp_path / "run"), "--submissions",
-               str(tmp_path / "subs"), "--backbones", "fer_vgg_tiny", "--folds", "2", "--epochs", "3", "--budget", "0"]
+               str(tmp_path / "subs"), "--backbones", "fer_resnet_tiny", "--folds", "2", "--epochs", "3",
+               "--budget", "0"]
     round0 = tmp_path / "run" / "round0"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
                                start_new_session=True)
     deadline = time.time() + 1200
-    while not list(round0.glob("fer_vgg_tiny-*/fold1/history.csv")):  # written just after the checkpoint
+    while not list(round0.glob("fer_resnet_tiny-*/fold1/history.csv")):  # written just after the checkpoint
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    [model] = round0.glob("fer_vgg_tiny-*")  # the folder names a hash of the unit's settings
+    [model] = round0.glob("fer_resnet_tiny-*")  # the folder names a hash of the unit's settings
     unit0, unit1 = model / "fold0", model / "fold1"
     assert not (unit1 / "metrics.json").exists(), "killed too late: fold 1 had already finished"
     assert not list((tmp_path / "subs").glob("*.csv"))
@@ -87,7 +88,8 @@ def test_demo_killed_with_kill_9_resumes_and_writes_a_submission_that_beats_the_
     majority = np.bincount(labels).max() / len(labels)
     assert oof_acc > majority + 0.02, f"ensemble OOF accuracy {oof_acc:.3f} vs majority class {majority:.3f}"
     assert f"ensemble OOF accuracy: {oof_acc:.4f}" in result.stdout
-    assert {"round0/fer_vgg_tiny", "round1/fer_vgg_tiny"} <= {name.rsplit("-", 1)[0] for name in summary["models"]}
+    trained = {name.rsplit("-", 1)[0] for name in summary["models"]}
+    assert {"round0/fer_resnet_tiny", "round1/fer_resnet_tiny"} <= trained
     assert "pseudo-labelling: ensemble OOF accuracy" in result.stdout
     assert len(list((tmp_path / "run" / "round1").glob("pseudo_labels-*.csv"))) == 1
 
