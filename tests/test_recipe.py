@@ -170,8 +170,8 @@ def test_compiled_step_trains_the_model_it_saves(monkeypatch):
     """--compile (on in the GPU presets): the compiled forward updates the very weights that are saved.
 
     Compiled with dynamo and AOTAutograd but without inductor's code generation: on a CPU inductor writes and
-    builds C++ kernels, 25 s on a fresh machine (2.5 s once its cache holds them), and what is tested here is
-    how the step holds the compiled module, whatever the backend."""
+    builds C++ kernels, most of the suite's extra time on a fresh machine (BENCHMARKS.md), and what is tested
+    here is how the step holds the compiled module, whatever the backend."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **options: compile_(model, backend="aot_eager", **options))
     cfg = PRESETS["demo"].replace(compile=True, amp="off")
