@@ -44,12 +44,11 @@ def test_demo_killed_with_kill_9_resumes_and_writes_a_submission_that_beats_the_
     """The demo through run.sh, made small (one backbone, a few epochs; the whole demo's time and accuracy are
     benchmarks: BENCHMARKS.md), killed with kill -9 in its second unit: the same command again keeps what was
     finished, resumes the killed unit after its last epoch, and goes on through both rounds to the submission."""
-    command = ["bash", str(ROOT / "run.sh"), "--workdir", str(tmp_path / "run"), "--submissions",
-               str(tmp_path / "subs"), "--backbones", "fer_resnet_tiny", "--folds", "2", "--epochs", "3",
-               "--budget", "0"]
+    options = ["--workdir", tmp_path / "run", "--submissions", tmp_path / "subs", "--backbones", "fer_resnet_tiny",
+               "--folds", "2", "--epochs", "3", "--budget", "0"]
     round0 = tmp_path / "run" / "round0"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
-                               start_new_session=True)
+    process = subprocess.Popen(["bash", ROOT / "run.sh", *options], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
     deadline = time.time() + 1200
     while not list(round0.glob("fer_resnet_tiny-*/fold1/history.csv")):  # written just after the checkpoint
         assert process.poll() is None, "the run ended before it could be killed"
@@ -65,7 +64,7 @@ def test_demo_killed_with_kill_9_resumes_and_writes_a_submission_that_beats_the_
     finished_before = (unit0 / "metrics.json").stat().st_mtime_ns
     epochs_done = len(pd.read_csv(unit1 / "history.csv"))
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=2400, cwd=tmp_path)
+    result = run_sh(*options, cwd=tmp_path)  # the same command again
     assert result.returncode == 0, result.stderr[-3000:]
     assert "round0: 1 of 2 units already finished" in result.stdout
     assert (tmp_path / "run" / "folds.csv").read_bytes() == folds_before
