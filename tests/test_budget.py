@@ -122,6 +122,7 @@ class ShrinkAfter:
 
     def __init__(self, epochs, at, to, views=None):
         self.epochs, self.at, self.to, self.given_views = epochs, at, to, views
+        self.heard = []  # (epoch, epochs timed so far) of each after_epoch call
 
     def views(self, unit, every):
         return self.given_views or every
@@ -130,6 +131,7 @@ class ShrinkAfter:
         return planned if done else self.epochs
 
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
+        self.heard.append((epoch, len(epoch_seconds)))
         return self.to if epoch == self.at else planned
 
     def finished(self, unit):
@@ -144,9 +146,11 @@ def _history(unit, workdir):
 def test_a_unit_shortened_mid_way_ends_with_its_learning_rate_at_zero(tmp_path, small_unit_data):
     cfg = PRESETS["demo"].replace(epochs=99, amp="off")  # the pace, not cfg.epochs, plans the epochs
     unit = Unit(0, "fer_resnet_tiny", 0)
-    metrics = train.train_unit(cfg, unit, tmp_path, small_unit_data, torch.device("cpu"), pace=ShrinkAfter(5, 2, 3))
+    pace = ShrinkAfter(5, 2, 3)
+    metrics = train.train_unit(cfg, unit, tmp_path, small_unit_data, torch.device("cpu"), pace=pace)
     history = _history(unit, tmp_path)
     assert metrics["epochs"] == 3 and list(history["epoch"]) == [1, 2, 3]
+    assert pace.heard == [(1, 1), (2, 2), (3, 3)], "the pace hears every epoch's time, the last one's too"
     assert history["lr"].iloc[-1] == 0 and history["lr"].iloc[1] > 0
     straight = Unit(0, "fer_resnet_tiny", 1)
     train.train_unit(cfg, straight, tmp_path, small_unit_data, torch.device("cpu"), pace=ShrinkAfter(5, 0, 5))
@@ -316,39 +320,49 @@ def test_a_recorded_plan_replayed_gives_the_same_submission_bytes(tmp_path, caps
 
 
 def _keep_a_run(keeper, plan, work, units, clock, slower_after, factor):
-    """Every unit through the keeper as train_unit drives it, on a clock whose machine turns `factor`
-    times slower at `slower_after`; (seconds it took, {unit: (epochs, views)})."""
+    """Every unit through the keeper as train_unit drives it (after_epoch after every epoch, the last too), on
+    a clock whose machine turns `factor` times slower at `slower_after`, mid-epoch as a real competitor
+    would; (seconds it took, {unit: (epochs, views)})."""
     begun, done = clock.now, {}
-    pace = lambda: factor if clock.now >= slower_after else 1.0
+
+    def spend(seconds):  # `seconds` of work at the machine's first speed; the part after the switch is slower
+        fast = min(seconds, max(0.0, slower_after - clock.now))
+        clock.now += fast + (seconds - fast) * factor
+        return fast + (seconds - fast) * factor
+
     for unit in units:
         planned = keeper.start(unit, plan.epochs[unit.backbone], done=0)
         history, epoch = [], 0
         while epoch < planned:
-            history.append(work.epoch_seconds(unit.backbone) * pace())
-            clock.now += history[-1]
+            history.append(spend(work.epoch_seconds(unit.backbone)))
             epoch += 1
+            wanted = keeper.after_epoch(unit, epoch, planned, history)
             if epoch < planned:
-                planned = max(epoch + 1, keeper.after_epoch(unit, epoch, planned, history))
+                planned = max(epoch + 1, wanted)
         views = keeper.views(unit, work.views)
-        clock.now += work.predict_seconds(unit.backbone) * views / work.views * pace()
+        spend(work.predict_seconds(unit.backbone) * views / work.views)
         keeper.finished(unit)
         done[unit.name] = (planned, views)
     return clock.now - begun, done
 
 
-@pytest.mark.parametrize("minutes", [15, 60])
-def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(monkeypatch, minutes):
+@pytest.mark.parametrize("minutes, half_way", [(15, 0.5), (15, 0.55), (15, 0.6), (15, 0.7), (60, 0.5)])
+def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(monkeypatch, minutes, half_way):
     """Two competing processes on two cores make every step about 3.5 times slower (torch's threads wait on
-    each other; BENCHMARKS.md). The keeper leaves every other unit its least (an epoch and its fewest views)
-    and cuts views when behind, so the run still ends within 10% of its budget."""
+    each other; BENCHMARKS.md). The keeper counts a slow epoch at once, takes the least the units not started
+    need at that speed out of the running unit's share, and cuts views when behind, so the run still ends
+    within 10% of its budget. (The same run at 15 minutes once took 1.12 of it: the slowdown of a unit's last
+    epoch went unseen and the last unit predicted with views it had no time for.)"""
     clock = Clock()
     monkeypatch.setattr(budget.time, "monotonic", clock)
     work = fer2013_work(35.5 * 1430 / 19139)  # float32 on this machine: 35.5 s an epoch of fer_vgg_cpu
-    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * minutes, minutes)
+    reading = 20  # seconds: the files, the shift check and the folds, before the plan
+    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * minutes - reading, minutes)
     units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    keeper = Keeper(plan, work, units, end=clock.now + 60 * minutes, record={})
-    seconds, done = _keep_a_run(keeper, plan, work, units, clock, clock.now + 30 * minutes, factor=3.5)
-    assert seconds <= 60 * minutes * 1.10, done
+    keeper = Keeper(plan, work, units, end=clock.now + 60 * minutes - reading, record={})
+    seconds, done = _keep_a_run(keeper, plan, work, units, clock, clock.now + half_way * 60 * minutes - reading,
+                                factor=3.5)
+    assert reading + seconds + 10 <= 60 * minutes * 1.10, done  # 10 s: the ensemble and the submission
     assert min(views for _, views in done.values()) >= work.fewest_views
     steady = Keeper(plan, work, units, end=clock.now + 60 * minutes, record={})
     seconds, done = _keep_a_run(steady, plan, work, units, clock, clock.now + 1e9, factor=1)

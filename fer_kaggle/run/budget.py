@@ -471,12 +471,18 @@ class Keeper:
 
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
         """The epoch a unit must now end at, after its epoch `epoch` (never more than `planned`)."""
-        recent = float(np.median(epoch_seconds[-3:]))
+        # the median of the last three epochs, unless the last was slower: a slowdown counts at once (a
+        # competing process), a single fast epoch does not
+        recent = max(float(np.median(epoch_seconds[-3:])), epoch_seconds[-1])
         ratio = recent / self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
         self.slowness[unit.backbone] = self.slowness["last"] = ratio
         entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
-        if "epochs" in self.plan.explicit or self.unit_end is None:
+        if "epochs" in self.plan.explicit or self.unit_end is None or epoch >= planned:
             return planned
+        # a slowdown makes the units not started need more too: their least, at the speed now measured,
+        # comes out of this unit's share (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
+        others = sum(self._least(u) for name, u in self.pending.items() if name != unit.name)
+        self.unit_end = min(self.unit_end, self.end - RESERVE_SECONDS - others)
         left = self.unit_end - time.monotonic() - self._predict_seconds(unit)
         wanted = min(planned, epoch + max(1, math.floor(left / recent)))
         if wanted != planned:

@@ -318,7 +318,7 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
         history.append(row)
         line = (f"{unit.name} epoch {epoch}/{planned}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
                 f"valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}")
-        if pace is not None and epoch < planned:
+        if pace is not None:  # after the last epoch too: the speed it measured sizes what comes next
             planned, line = _repace(pace, unit, step, epoch, planned, history, len(loader), line)
         stopping = deadline is not None and time.monotonic() > deadline and epoch < planned
         if stopping or epoch % cfg.checkpoint_every == 0 or epoch == planned:
@@ -347,7 +347,10 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
 def _repace(pace, unit, step, epoch, planned, history, steps_per_epoch, line):
     """After an epoch of a budgeted unit: (the epochs the pace now gives it, the epoch's line), its LR
     refitted to reach 0 at the new last epoch."""
-    wanted = max(epoch + 1, pace.after_epoch(unit, epoch, planned, [row["seconds"] for row in history]))
+    wanted = pace.after_epoch(unit, epoch, planned, [row["seconds"] for row in history])
+    if epoch >= planned:
+        return planned, line  # its last: it told the pace how fast it went, nothing to refit
+    wanted = max(epoch + 1, wanted)
     if wanted == planned or not recipe.refit_schedule(step.scheduler, wanted * steps_per_epoch):
         return planned, line
     return wanted, (f"{line}\n{unit.name}: {wanted} epochs instead of {planned}, to keep to the budget; its "
