@@ -78,3 +78,24 @@ def test_augment_bench_times_both_paths(capsys):
     albumentations, batched = speed.bench_augment(n=256, batch=128)
     assert albumentations > 0 and batched > 0
     assert "full augmentation, 256 images: albumentations" in capsys.readouterr().out
+
+
+def test_table_bench_measures_a_recipe_as_an_arm_the_planner_reads(tmp_path, capsys):
+    """`bench table --recipe light --set augment=light` writes the arm `backbone:light`, the planner's to weigh
+    beside the preset's own recipe."""
+    from fer_kaggle.run.budget import Table
+    out = tmp_path / "table.json"
+    common = ["bench", "table", str(DEMO_TRAIN), "--preset", "demo", "--backbones", "fer_resnet_tiny", "--epochs", "1",
+              "--device", "cpu", "--workdir", str(tmp_path / "units"), "--out", str(out)]
+    assert cli.main([*common, "--recipe", "light", "--set", "augment=light"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(rf"^fer_resnet_tiny:light\s+1 epochs\s+OOF ({NUMBER})", printed, re.MULTILINE), printed
+    table = Table.for_preset("demo", out)
+    assert set(table.models) == {"fer_resnet_tiny:light"} and table.models["fer_resnet_tiny:light"][1] > 1 / 7
+    assert table.arms(("fer_resnet_tiny",)) == {"fer_resnet_tiny": ("fer_resnet_tiny", {}),
+                                                "fer_resnet_tiny:light": ("fer_resnet_tiny", {"augment": "light"})}
+    assert table.arms(("fer_resnet_tiny",), explicit={"augment"}) == {"fer_resnet_tiny": ("fer_resnet_tiny", {})}
+    assert "--recipe light --set augment=light" in table.entry["commands"][-1]
+    assert cli.main([*common, "--recipe", "light", "--set", "augment=none"]) == 2
+    assert "name this recipe otherwise" in capsys.readouterr().err
+    assert Table.for_preset("demo", out).settings["fer_resnet_tiny:light"] == {"augment": "light"}, "left as it was"

@@ -82,6 +82,44 @@ def test_a_second_backbone_gets_time_only_where_its_blend_was_measured_to_pay():
         assert len(set(plan.epochs.values())) == 1, plan.epochs
 
 
+def test_a_recipe_arm_is_planned_where_its_table_row_pays_and_never_against_the_command_line():
+    """A table with a light-augmentation arm that wins at few epochs and is not measured beyond 20: short budgets
+    train it (its settings in each unit's config and in the plan's id), long ones the preset's own recipe."""
+    entry = {"models": {"fer_vgg_cpu": {"oof": {"5": 0.59, "10": 0.625, "20": 0.655, "40": 0.68, "60": 0.686}},
+                        "fer_vgg_cpu:light": {"oof": {"5": 0.61, "10": 0.645, "20": 0.66},
+                                              "settings": {"augment": "light"}}}}
+    table, work = Table(entry), fer2013_work()
+    work.speeds["fer_vgg_cpu:light"] = work.speeds["fer_vgg_cpu"]
+    cfg = CPU.replace(backbones=("fer_vgg_cpu",))
+    short, long = (make_plan(cfg, set(), work, table, 60 * minutes, minutes) for minutes in (10, 60))
+    assert short.arm("fer_vgg_cpu") == "fer_vgg_cpu:light" and short.unit_cfg(cfg, "fer_vgg_cpu").augment == "light"
+    assert short.oof == pytest.approx(table.oof("fer_vgg_cpu:light", short.epochs["fer_vgg_cpu"]))
+    assert long.arm("fer_vgg_cpu") == "fer_vgg_cpu" and long.settings == {}
+    assert long.unit_cfg(cfg, "fer_vgg_cpu").augment == "full"
+    again = budget.Plan.from_json(json.loads(json.dumps(short.to_json())))
+    assert again.unit_cfg(cfg, "fer_vgg_cpu") == short.unit_cfg(cfg, "fer_vgg_cpu") and again.id == short.id
+    assert short.id != budget.Plan.from_json({**short.to_json(), "arms": {}, "settings": {}}).id
+    given = make_plan(cfg, {"augment"}, work, table, 10 * 60, 10)
+    assert given.arm("fer_vgg_cpu") == "fer_vgg_cpu", "--augment on the command line is obeyed"
+    del work.speeds["fer_vgg_cpu:light"]
+    assert make_plan(cfg, set(), work, table, 10 * 60, 10).settings == {}, "an arm not timed here is not weighed"
+
+
+def test_the_shipped_tables_recipes_are_settings_a_run_accepts():
+    """Each arm's settings are recipe fields (in every unit's key), of their type, among their choices."""
+    import dataclasses
+    from fer_kaggle.core.config import UNIT, Config
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for preset in ("cpu", "demo"):
+        table = Table.for_preset(preset)
+        for name, settings in table.settings.items():
+            assert budget.backbone_of_arm(name) in PRESETS[preset].backbones
+            for key, value in settings.items():
+                assert fields[key].metadata["role"] == UNIT, (name, key)
+                assert isinstance(value, type(fields[key].default)), (name, key)
+                assert fields[key].metadata["choices"] is None or value in fields[key].metadata["choices"]
+
+
 def test_two_gpus_side_by_side_are_planned_as_two_clocks():
     """Three folds on two devices: two units at once, then the third: the clock counts two units' time."""
     one, two = fer2013_work(), fer2013_work()

@@ -459,14 +459,15 @@ def budget_section(run, out):
     table = budget.Table.for_preset(cfg.preset)
     if not all(table.knows(b) for b in cfg.backbones):
         return section
-    speeds, how = budget.measure_speeds(cfg, cfg.backbones, run.train_images, run.labels, torch.device("cpu"))
+    speeds, how = budget.measure_speeds(cfg, table.arms(cfg.backbones), run.train_images, run.labels,
+                                        torch.device("cpu"))
     test = folder.test_images()
     work = budget.work_for(cfg, len(run.labels), len(test[0]) if test else 0, speeds)
     points = [(m, p) for m, p in budget.curve(cfg, work, table) if not isinstance(p, str)]
     fig, ax = _subplots(figsize=(7, 3.5))
     ax.plot([m for m, _ in points], [p.oof for _, p in points], "o-")
     for minutes, p in points:
-        ax.annotate(" + ".join(f"{b.removeprefix('fer_')} x{e}" for b, e in p.epochs.items())
+        ax.annotate(" + ".join(f"{p.arm(b).removeprefix('fer_')} x{e}" for b, e in p.epochs.items())
                     + (" +PL" if p.pseudo else ""), (minutes, p.oof), fontsize=7, xytext=(4, -10),
                     textcoords="offset points")
     ax.set_xscale("log")

@@ -168,11 +168,23 @@ def bench_recipe(cfg, train_path, rows, fold, workdir, variants):
               f"{metrics['train_seconds'] / 60:>8.1f}", flush=True)
 
 
-def bench_table(cfg, train_path, epoch_levels, workdir, out):
+def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings=None):
     """Fold 0's OOF accuracy of each of the preset's backbones at each number of epochs, and of their blends
     (mean of probabilities): the table the budget planner reads. Written under the preset's name into `out`
     (budget_table.json); what else the file holds (other presets, a measured pseudo-labelling gain) is kept.
-    Units live in WORKDIR/epochs-E/; a re-run skips the finished ones."""
+    Units live in WORKDIR/epochs-E/; a re-run skips the finished ones.
+
+    `recipe` (a name) with `settings` ({field: value}): the arms `backbone:recipe`, the preset's recipe with
+    those settings changed, which the planner weighs beside the preset's own (budget.Table)."""
+    settings = dict(settings or {})
+    if recipe:
+        cfg = cfg.replace(**settings)
+    arm = {b: f"{b}:{recipe}" if recipe else b for b in cfg.backbones}
+    before = Table.for_preset(cfg.preset, out) if Path(out).exists() else Table({})
+    for name in arm.values():  # before any training: the same name must mean the same settings
+        if name in before.settings and before.settings[name] != settings:
+            raise FerKaggleError(f"{out} holds {name} with settings {before.settings[name]}, not {settings}: "
+                                 f"name this recipe otherwise (--recipe)")
     import itertools
     import json
     import platform
@@ -185,36 +197,40 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out):
     data = UnitData(images[inside], labels[inside], valid, images[valid], labels[valid], np.arange(1), images[:1])
     print(f"budget table: preset {cfg.preset}, fold 0 of {cfg.folds} of {train_path} ({inside.sum()} training rows, "
           f"{len(valid)} held out), epochs {', '.join(map(str, epoch_levels))}, on {device_name(device)}")
-    models = {b: {"oof": {}} for b in cfg.backbones}
-    blends = {"+".join(pair): {} for pair in itertools.combinations(cfg.backbones, 2)}
+    models = {arm[b]: {"oof": {}, **({"settings": settings} if recipe else {})} for b in cfg.backbones}
+    pairs = [tuple(arm[b] for b in pair) for pair in itertools.combinations(cfg.backbones, 2)]
+    blends = {"+".join(pair): {} for pair in pairs}
     for epochs in epoch_levels:
         probs = {}
         for backbone in cfg.backbones:
-            unit = Unit(0, backbone, 0, "recipe_base")  # bench recipe's name for a preset's own recipe
+            unit = Unit(0, backbone, 0, f"recipe_{recipe or 'base'}")  # bench recipe's name for a preset's own
             metrics = train_unit(cfg.replace(epochs=epochs), unit, workdir / f"epochs-{epochs}", data, device)
             with np.load(unit.dir(workdir / f"epochs-{epochs}") / "oof.npz") as saved:
-                probs[backbone] = saved["probs"]
-            models[backbone]["oof"][str(epochs)] = round(metrics["valid_acc"], 4)
-            print(f"{backbone:<18} {epochs:>4} epochs  OOF {metrics['valid_acc']:.4f}  "
+                probs[arm[backbone]] = saved["probs"]
+            models[arm[backbone]]["oof"][str(epochs)] = round(metrics["valid_acc"], 4)
+            print(f"{arm[backbone]:<18} {epochs:>4} epochs  OOF {metrics['valid_acc']:.4f}  "
                   f"({metrics['train_seconds'] / 60:.1f} min training)", flush=True)
-        for pair in itertools.combinations(cfg.backbones, 2):
-            blend = np.mean([probs[b] for b in pair], axis=0).argmax(1)
+        for pair in pairs:
+            blend = np.mean([probs[a] for a in pair], axis=0).argmax(1)
             blends["+".join(pair)][str(epochs)] = round(float((blend == labels[valid]).mean()), 4)
             print(f"{' + '.join(pair)}: blend OOF {blends['+'.join(pair)][str(epochs)]:.4f}", flush=True)
     side = cfg.crop or cfg.image_size
     for backbone in cfg.backbones:
         step = make_step(cfg, backbone, device, 1, labels[:8])
-        models[backbone]["mflop_per_image"] = round(training_flops_per_image(step, side) / 1e6, 1)
+        models[arm[backbone]]["mflop_per_image"] = round(training_flops_per_image(step, side) / 1e6, 1)
     table = json.loads(Path(out).read_text()) if Path(out).exists() else {}
     entry = table.setdefault(cfg.preset, {})
-    for backbone, measured in models.items():  # merged: levels measured before (other epochs) are kept
-        known = entry.setdefault("models", {}).setdefault(backbone, {"oof": {}})
+    for name, measured in models.items():  # merged: levels measured before (other epochs) are kept
+        known = entry.setdefault("models", {}).setdefault(name, {"oof": {}})
         known["oof"].update(measured["oof"])
         known["mflop_per_image"] = measured["mflop_per_image"]
+        if recipe:
+            known["settings"] = settings
     for pair, measured in blends.items():
         entry.setdefault("blends", {}).setdefault(pair, {}).update(measured)
     command = (f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --backbones "
-               f"{','.join(cfg.backbones)} --epochs {','.join(map(str, epoch_levels))}")
+               f"{','.join(cfg.backbones)} --epochs {','.join(map(str, epoch_levels))}"
+               + (f" --recipe {recipe}" + "".join(f" --set {k}={v}" for k, v in settings.items()) if recipe else ""))
     entry.setdefault("commands", []).append(
         f"{command}: fold 0 of {cfg.folds} ({int(inside.sum())} training rows, {len(valid)} held out), seed "
         f"{cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}")
@@ -228,7 +244,8 @@ def bench_budget(preset, device_choice, amp="auto"):
     cfg = PRESETS[preset].replace(device=device_choice, amp=amp)
     device = resolve_device(cfg.device)
     images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes are FER2013's
-    speeds, how = measure_speeds(cfg, cfg.backbones, images, labels, device)
+    table = Table.for_preset(preset)
+    speeds, how = measure_speeds(cfg, table.arms(cfg.backbones), images, labels, device)
     work = work_for(cfg, FER2013_TRAIN_ROWS, FER2013_TEST_ROWS, speeds)
     dtype = str(autocast_dtype(cfg.amp, device) or torch.float32).removeprefix("torch.")
     print(f"what a budget buys with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
@@ -236,13 +253,13 @@ def bench_budget(preset, device_choice, amp="auto"):
     for backbone, speed in speeds.items():
         print(f"  {backbone}: {work.epoch_seconds(backbone):.1f} s an epoch, {work.predict_seconds(backbone):.0f} s "
               f"of TTA a unit ({1 / speed.train:,.0f} training images/s)")
-    for minutes, plan in curve(cfg, work, Table.for_preset(preset)):
+    for minutes, plan in curve(cfg, work, table):
         if isinstance(plan, str):
             print(f"{minutes:>4} min: {plan}")
             continue
         oof = f"{plan.oof:.3f}" if plan.oof is not None else "unknown"
         print(f"{minutes:>4} min: predicted OOF {oof}; "
-              + ", ".join(f"{b} {e} epochs" for b, e in plan.epochs.items())
+              + ", ".join(f"{plan.arm(b)} {e} epochs" for b, e in plan.epochs.items())
               + (", pseudo-labels" if plan.pseudo else "")
               + f" ({(sum(plan.seconds.values())) / 60:.0f} min)", flush=True)
 
@@ -329,6 +346,10 @@ def add_arguments(parser):
     table.add_argument("--workdir", type=Path, default=Path("folds/table"), help="where the units live (a re-run "
                        "skips finished ones)")
     table.add_argument("--out", type=Path, default=TABLE_FILE)
+    table.add_argument("--recipe", default="", help="measure the arms BACKBONE:RECIPE: the preset's recipe with "
+                       "the --set settings changed, which the planner weighs beside the preset's own")
+    table.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="with --recipe: a setting it changes (repeatable), e.g. augment=light")
     budget_parser = sub.add_parser("budget", help="what 15, 30, 60, 120 and 240 minutes buy on this machine: the "
                                    "plan and its predicted OOF, for the full FER2013 files")
     budget_parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -387,8 +408,10 @@ def command(args):
         return 0 if figures["identical"] == figures["trials"] and not figures["tracebacks"] else 1
     if args.bench == "table":
         cfg = PRESETS[args.preset].replace(device=args.device, pseudo=False)
+        if bool(args.recipe) != bool(args.set):
+            raise FerKaggleError("bench table: --recipe NAME and its --set KEY=VALUE settings go together")
         bench_table(cfg.replace(backbones=args.backbones or cfg.backbones), args.train, args.epochs, args.workdir,
-                    args.out)
+                    args.out, args.recipe, dict(args.set))
         return 0
     if args.bench == "budget":
         bench_budget(args.preset, args.device, args.amp)

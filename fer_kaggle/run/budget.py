@@ -13,6 +13,7 @@
 Training FLOPs make the table machine-independent: the table says what epochs buy, the speed measured
 here says what they cost. The plan never looks at test labels; the table holds OOF accuracy only.
 """
+import dataclasses
 import itertools
 import json
 import math
@@ -84,19 +85,24 @@ def _speed_key(cfg, backbone, device, dtype, where):
 
 
 def measure_speeds(cfg, backbones, images, labels, device, use_cache=True):
-    """({backbone: Speed}, how): timed here (seconds), or read from this machine's cache."""
+    """({name: Speed}, how): timed here (seconds), or read from this machine's cache.
+
+    `backbones`: timm names, or {name: (backbone, settings)}: a table's arms (Table.arms), each timed with
+    its own settings (a smaller crop is faster)."""
+    arms = backbones if isinstance(backbones, dict) else {b: (b, {}) for b in backbones}
     where, dtype = augment_on(cfg, device), autocast_dtype(cfg.amp, device)
     path, machine = cache_file(), machine_name()
     cached = _read_cache(path).get(machine, {}) if use_cache else {}
     speeds, timed = {}, []
-    for backbone in backbones:
-        key = _speed_key(cfg, backbone, device, dtype, where)
+    for name, (backbone, settings) in arms.items():
+        arm_cfg = cfg.replace(**settings)
+        key = _speed_key(arm_cfg, backbone, device, dtype, where)
         if key in cached:
-            speeds[backbone] = Speed(**cached[key])
+            speeds[name] = Speed(**cached[key])
             continue
-        speeds[backbone] = _time_backbone(unit_config(cfg, backbone), backbone, images, labels, device)
-        cached[key] = asdict(speeds[backbone])
-        timed.append(backbone)
+        speeds[name] = _time_backbone(unit_config(arm_cfg, backbone), backbone, images, labels, device)
+        cached[key] = asdict(speeds[name])
+        timed.append(name)
     if timed and use_cache:
         everything = _read_cache(path)
         everything[machine] = cached
@@ -157,8 +163,11 @@ def _time_backbone(cfg, backbone, images, labels, device):
 # ---------------------------------------------------------------- what epochs buy: the measured table
 
 class Table:
-    """OOF accuracy of one unit (fold 0) against its epochs, per backbone, for one preset's recipe.
+    """OOF accuracy of one unit (fold 0) against its epochs, per arm, for one preset.
 
+    An arm is a backbone trained with the preset's recipe (named as the backbone) or with a few settings
+    changed (named `backbone:recipe`, its `settings` beside its figures: light augmentation pays at short
+    budgets, BENCHMARKS.md). The plan picks at most one arm per backbone.
     Between measured epochs it interpolates linearly in log(epochs); below the fewest it falls to chance
     (1/7 at 0 epochs, linearly); above the most it stays flat, so the plan never counts on a gain nobody
     measured. A blend's gain over its best member counts only with both at the same epochs, as measured.
@@ -168,6 +177,7 @@ class Table:
         self.entry = entry or {}
         self.models = {name: {int(e): acc for e, acc in model["oof"].items()}
                        for name, model in self.entry.get("models", {}).items()}
+        self.settings = {name: model.get("settings", {}) for name, model in self.entry.get("models", {}).items()}
         self.blends = {tuple(name.split("+")): {int(e): acc for e, acc in oof.items()}
                        for name, oof in self.entry.get("blends", {}).items()}
         self.pseudo_gain = self.entry.get("pseudo_gain")
@@ -178,6 +188,16 @@ class Table:
 
     def knows(self, backbone):
         return backbone in self.models
+
+    def arms(self, backbones, explicit=()):
+        """{arm: (backbone, settings)} of `backbones`: the preset's recipe of each, and the table's other
+        recipes of it unless they change a setting the command line gave (which is obeyed)."""
+        arms = {b: (b, {}) for b in backbones}
+        for name, settings in self.settings.items():
+            backbone = backbone_of_arm(name)
+            if name != backbone and backbone in backbones and not set(settings) & set(explicit):
+                arms[name] = (backbone, settings)
+        return arms
 
     def most_epochs(self, backbone):
         return max(self.models[backbone])
@@ -203,6 +223,11 @@ class Table:
         gain = max((self.blend_gain(pair, epochs[pair[0]]) for pair in itertools.combinations(epochs, 2)
                     if epochs[pair[0]] == epochs[pair[1]]), default=0.0)
         return best + gain
+
+
+def backbone_of_arm(name):
+    """`fer_vgg_cpu:light` -> `fer_vgg_cpu` (an arm of the preset's own recipe is named as its backbone)."""
+    return name.split(":", 1)[0]
 
 
 def _interpolate(points, x, floor=1 / 7):
@@ -244,6 +269,10 @@ class Work:
     def unit_seconds(self, backbone, epochs, student=False):
         return epochs * self.epoch_seconds(backbone, student) + self.predict_seconds(backbone)
 
+    def for_plan(self, plan):
+        """This Work with each planned backbone's speed as its arm's: what the Keeper and the plan's print use."""
+        return dataclasses.replace(self, speeds={b: self.speeds[plan.arm(b)] for b in plan.backbones})
+
     def run_seconds(self, epochs, pseudo):
         """Training and prediction of every unit of models {backbone: epochs}, with or without students:
         round by round (students wait for every teacher), each unit, longest first, on the device free first."""
@@ -275,15 +304,24 @@ class Plan:
     singles: dict = field(default_factory=dict)   # {backbone: predicted OOF alone}
     explicit: tuple = ()          # what the command line fixed: obeyed, never re-planned
     notes: list = field(default_factory=list)
+    arms: dict = field(default_factory=dict)      # {backbone: its table arm} where not the preset's own recipe
+    settings: dict = field(default_factory=dict)  # {backbone: the settings that arm changes}
 
     @property
     def id(self):
         """Names the plan in its units' keys: the same command resumed keeps it, another plan trains anew."""
-        return short_hash({"budget": self.budget, "backbones": list(self.backbones), "epochs": self.epochs,
-                           "pseudo": self.pseudo})
+        chosen = {"budget": self.budget, "backbones": list(self.backbones), "epochs": self.epochs,
+                  "pseudo": self.pseudo}
+        if self.settings:  # a plan of the preset's own recipe keeps the id it had before arms existed
+            chosen["settings"] = self.settings
+        return short_hash(chosen)
+
+    def arm(self, backbone):
+        """The table's name of what `backbone` trains: `backbone`, or `backbone:recipe`."""
+        return self.arms.get(backbone, backbone)
 
     def unit_cfg(self, cfg, backbone):
-        return cfg.replace(epochs=self.epochs[backbone])
+        return cfg.replace(epochs=self.epochs[backbone], **self.settings.get(backbone, {}))
 
     def to_json(self):
         return {**asdict(self), "backbones": list(self.backbones), "explicit": list(self.explicit), "id": self.id}
@@ -300,53 +338,67 @@ EPOCH_CHOICES = sorted({*range(1, 13), *range(14, 41, 2), 45, 50, 60, 80, 100})
 def make_plan(cfg, explicit, work, table, seconds_left, budget):
     """The plan predicted to give the best ensemble OOF in `seconds_left` (or an error saying what cannot fit).
 
-    `explicit`: the fields the user gave (backbones, epochs, pseudo): kept as given. The rest is chosen:
-    which of the preset's backbones, how many epochs each (up to the table's most), and the pseudo-labelling
+    `explicit`: the fields the user gave (backbones, epochs, pseudo, any recipe setting): kept as given. The
+    rest is chosen: which of the preset's backbones, each with which of its table's arms (recipes) where
+    `work` has the arm's speed, how many epochs each (up to the table's most), and the pseudo-labelling
     round when the table says what it gains. Ties in predicted accuracy go to the cheaper plan.
     """
     usable = seconds_left - RESERVE_SECONDS - SAFETY * 60 * budget
     known = all(table.knows(b) for b in cfg.backbones)
+    arms = ({name: arm for name, arm in table.arms(cfg.backbones, explicit).items() if name in work.speeds}
+            if known else {b: (b, {}) for b in cfg.backbones})
     subsets = [tuple(cfg.backbones)] if "backbones" in explicit or not known else [
         subset for size in range(len(cfg.backbones), 0, -1) for subset in itertools.combinations(cfg.backbones, size)]
     pseudo_options = [cfg.pseudo] if "pseudo" in explicit or table.pseudo_gain is None else [False, True]
     best = None
     for subset in subsets:
-        for pseudo in pseudo_options:
-            for epochs in _epoch_choices(cfg, subset, explicit, table, known):
-                cost = work.run_seconds(epochs, pseudo)
-                if cost > usable:
-                    continue
-                gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
-                oof = table.ensemble_oof(epochs) + gain if known else None
-                score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
-                if best is None or score > best[0]:
-                    best = (score, subset, epochs, pseudo, oof, cost)
+        for chosen in _arm_choices(subset, arms):
+            for pseudo in pseudo_options:
+                for epochs in _epoch_choices(cfg, chosen, explicit, table, known):
+                    cost = work.run_seconds(epochs, pseudo)
+                    if cost > usable:
+                        continue
+                    gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
+                    oof = table.ensemble_oof(epochs) + gain if known else None
+                    score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
+                    if best is None or score > best[0]:
+                        best = (score, chosen, epochs, pseudo, oof, cost)
     if best is None:
         return _cannot_fit(cfg, explicit, work, table, budget, seconds_left)
-    _, subset, epochs, pseudo, oof, cost = best
-    most = {b: (epochs[b] if "epochs" in explicit else
-                table.most_epochs(b) if known else max(epochs[b], cfg.epochs)) for b in subset}
-    singles = {b: table.oof(b, e) for b, e in epochs.items()} if known else {}
+    _, chosen, by_arm, pseudo, oof, cost = best
+    backbone = {name: arms[name][0] for name in chosen}
+    epochs = {backbone[a]: e for a, e in by_arm.items()}
+    most = {backbone[a]: (by_arm[a] if "epochs" in explicit else
+                          table.most_epochs(a) if known else max(by_arm[a], cfg.epochs)) for a in chosen}
+    singles = {backbone[a]: table.oof(a, e) for a, e in by_arm.items()} if known else {}
     notes = [] if known else [f"no measured table for {', '.join(b for b in cfg.backbones if not table.knows(b))} "
                               f"with preset {cfg.preset}: the epochs fill the time (at most {cfg.epochs} each), "
                               f"and no accuracy is predicted"]
-    return Plan(budget, subset, epochs, pseudo, most,
+    return Plan(budget, tuple(backbone[a] for a in chosen), epochs, pseudo, most,
                 {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
-                oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes)
+                oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes,
+                arms={backbone[a]: a for a in chosen if a != backbone[a]},
+                settings={backbone[a]: arms[a][1] for a in chosen if arms[a][1]})
 
 
-def _epoch_choices(cfg, subset, explicit, table, known):
-    """Every {backbone: epochs} to weigh: the given epochs, or each backbone's choices up to its ceiling."""
+def _arm_choices(subset, arms):
+    """Each way to give every backbone of `subset` one of its arms: tuples of arm names."""
+    options = [[name for name, (backbone, _) in arms.items() if backbone == b] for b in subset]
+    return itertools.product(*options)
+
+
+def _epoch_choices(cfg, chosen, explicit, table, known):
+    """Every {arm: epochs} to weigh: the given epochs, or each arm's choices up to its ceiling."""
     if "epochs" in explicit:
-        yield {b: cfg.epochs for b in subset}
+        yield {a: cfg.epochs for a in chosen}
         return
     if not known:  # no table: the same epochs for all, as many as fit (the most that fits wins by score)
         for e in range(1, cfg.epochs + 1):
-            yield {b: e for b in subset}
+            yield {a: e for a in chosen}
         return
-    ranges = [[e for e in EPOCH_CHOICES if e <= table.most_epochs(b)] for b in subset]
+    ranges = [[e for e in EPOCH_CHOICES if e <= table.most_epochs(a)] for a in chosen]
     for combo in itertools.product(*ranges):
-        yield dict(zip(subset, combo))
+        yield dict(zip(chosen, combo))
 
 
 def _cannot_fit(cfg, explicit, work, table, budget, seconds_left):
@@ -377,6 +429,10 @@ def describe(plan, work, how, finish_at):
         alone = f"; OOF {plan.singles[b]:.3f} alone" if b in plan.singles else ""
         lines.append(f"  {b:<18} {work.folds} folds x {e:>3} epochs   {minutes:6.1f} min "
                      f"({work.epoch_seconds(b):.1f} s an epoch, {work.predict_seconds(b):.0f} s of TTA a unit){alone}")
+        if b in plan.settings:
+            lines.append(f"  {'':<18} recipe {plan.arm(b).split(':', 1)[1]}: "
+                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in plan.settings[b].items())
+                         + " (the table's best at these epochs)")
     if plan.pseudo:
         minutes = work.folds * sum(work.unit_seconds(b, plan.epochs[b], True) for b in plan.backbones) / 60
         lines.append(f"  {'pseudo-labelling':<18} a student per unit       {minutes:6.1f} min")
@@ -582,11 +638,13 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         print(f"budget: the same command again: continuing its plan ({_describe_models(plan.epochs)}"
               f"{', pseudo-labels' if plan.pseudo else ''}); {spent_before / 60:.1f} of {cfg.budget:g} minutes "
               f"spent in earlier sessions")
-        work, _ = _work(cfg, plan.backbones, arrays, device, side_by_side)
+        work, _ = _work(cfg, {b: (b, plan.settings.get(b, {})) for b in plan.backbones}, arrays, device,
+                        side_by_side)
     else:
-        work, how = _work(cfg, cfg.backbones, arrays, device, side_by_side)
-        plan = make_plan(cfg, set(explicit), work, Table.for_preset(cfg.preset), 60 * cfg.budget - spent_here(),
-                         cfg.budget)
+        table = Table.for_preset(cfg.preset)
+        work, how = _work(cfg, table.arms(cfg.backbones, explicit), arrays, device, side_by_side)
+        plan = make_plan(cfg, set(explicit), work, table, 60 * cfg.budget - spent_here(), cfg.budget)
+        work = work.for_plan(plan)
         record, spent_before = {}, 0.0
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
@@ -601,10 +659,10 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
     return cfg, session
 
 
-def _work(cfg, backbones, arrays, device, side_by_side):
+def _work(cfg, arms, arrays, device, side_by_side):
     folds = np.asarray(arrays.folds)
     held_out = int(np.max(np.bincount(folds[folds >= 0]))) if (folds >= 0).any() else 0
-    speeds, how = measure_speeds(cfg, backbones, arrays.train_images, arrays.train_labels, device)
+    speeds, how = measure_speeds(cfg, arms, arrays.train_images, arrays.train_labels, device)
     return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out, side_by_side), how
 
 

@@ -307,7 +307,7 @@ def run(cfg, source, out, workdir, submissions, explicit=None):
     `explicit`: the settings the command line gave, which a budget's plan keeps as given; None (a caller
     that built `cfg` itself): all of them, so a budget only checks that the work fits."""
     if explicit is None:
-        explicit = {*budget.PLANNED, *budget.KEPT}
+        explicit = {f.name for f in dataclasses.fields(cfg)}  # no recipe of the table's replaces the caller's
     if source.train == inputs.DEMO_TRAIN:
         set_aside_old_demo(workdir)
     with RunFolder(workdir).lock() as folder:
