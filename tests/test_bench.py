@@ -13,9 +13,10 @@ NUMBER = r"[\d,]+(?:\.\d+)?"
 
 
 def test_train_bench_prints_a_row_per_backbone(capsys):
-    assert cli.main(["bench", "train", "--preset", "demo", "--steps", "1", "--device", "cpu"]) == 0
+    assert cli.main(["bench", "train", "--preset", "demo", "--steps", "1", "--device", "cpu", "--amp", "off"]) == 0
     out = capsys.readouterr().out
     assert "host" in out and "device" in out and "synthetic" in out and "epoch s" in out
+    assert "amp off" in out and "float32 matmul" in out, "timed in float32, as on a CPU without native bf16"
     peak = float(re.search(rf"matmul runs at ({NUMBER}) GFLOP/s", out).group(1).replace(",", ""))
     assert peak > 0
     flops = {}

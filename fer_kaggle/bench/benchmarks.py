@@ -321,6 +321,8 @@ def add_arguments(parser):
         target.add_argument("--train", default=str(inputs.DEMO_TRAIN), help="real rows to train on "
                             "(default: the bundled 2,400-row sample)")
         target.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+        target.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="default: the preset's "
+                            "(off: float32, as on a CPU without native bf16)")
     recipe_parser = sub.add_parser("recipe", help="OOF effect of each recipe element, one fold, one backbone")
     recipe_parser.add_argument("train", help="a train CSV (label,feature or emotion,pixels)")
     recipe_parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
@@ -427,6 +429,8 @@ def command(args):
         cfg = cfg.replace(backbones=args.backbones)
     if args.compile is not None:
         cfg = cfg.replace(compile=args.compile)
+    if args.amp is not None:
+        cfg = cfg.replace(amp=args.amp)
     if not on_cuda and args.compile is None:
         cfg = cfg.replace(compile=False)  # compiling on a 2-core CPU costs more than the few steps timed
     bench_train(cfg, args.train, args.steps or (30 if on_cuda else 8))
