@@ -13,7 +13,8 @@ NUMBER = r"[\d,]+(?:\.\d+)?"
 
 
 def test_train_bench_prints_a_row_per_backbone(capsys):
-    assert cli.main(["bench", "train", "--preset", "demo", "--steps", "1", "--device", "cpu", "--amp", "off"]) == 0
+    assert cli.main(["bench", "train", "--preset", "demo", "--steps", "1", "--device", "cpu", "--amp", "off",
+                     "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "host" in out and "device" in out and "synthetic" in out and "epoch s" in out
     assert "amp off" in out and "float32 matmul" in out, "timed in float32, as on a CPU without native bf16"
@@ -22,10 +23,12 @@ def test_train_bench_prints_a_row_per_backbone(capsys):
     flops = {}
     for backbone in ("fer_vgg_tiny", "fer_resnet_tiny"):
         row = re.search(rf"^{backbone}\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+2\s+"
-                        rf"({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.MULTILINE)
+                        rf"({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})-({NUMBER})$", out,
+                        re.MULTILINE)
         assert row, out
-        host, device, synthetic, ratio, infer, epoch, mflop, gflops, share = (float(v.replace(",", ""))
-                                                                            for v in row.groups())
+        host, device, synthetic, ratio, infer, epoch, mflop, gflops, share, low, high = (
+            float(v.replace(",", "")) for v in row.groups())
+        assert low <= share + 0.005 and share <= high + 0.005, "the median of two timings lies in their range"
         assert min(host, device, synthetic, infer) > 0
         assert abs(ratio - max(host, device) / synthetic) < 0.01 + 0.01 * ratio
         assert epoch > 0

@@ -323,6 +323,8 @@ def add_arguments(parser):
         target.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
         target.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="default: the preset's "
                             "(off: float32, as on a CPU without native bf16)")
+        target.add_argument("--repeats", type=int, default=3, help="time each real path this many times: "
+                            "the row gives the median and the range (default 3)")
     recipe_parser = sub.add_parser("recipe", help="OOF effect of each recipe element, one fold, one backbone")
     recipe_parser.add_argument("train", help="a train CSV (label,feature or emotion,pixels)")
     recipe_parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
@@ -433,5 +435,5 @@ def command(args):
         cfg = cfg.replace(amp=args.amp)
     if not on_cuda and args.compile is None:
         cfg = cfg.replace(compile=False)  # compiling on a 2-core CPU costs more than the few steps timed
-    bench_train(cfg, args.train, args.steps or (30 if on_cuda else 8))
+    bench_train(cfg, args.train, args.steps or (30 if on_cuda else 8), args.repeats)
     return 0
