@@ -118,7 +118,8 @@ PRESETS = {
                    batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
                    augment="light", tta="flip", pseudo_threshold=0.6, budget=3.0),
     # No GPU: the full train file planned to an hour (--budget). CPU-shaped backbones (channel widths that
-    # oneDNN's kernels run fastest), full augmentation (better than light at this scale) batched in torch
+    # oneDNN's kernels run fastest), full augmentation (better than light from about 30 epochs: below, the
+    # plan trains the table's light arm, fer_vgg_cpu:light) batched in torch
     # (gpu_augment: cheaper than albumentations per image, on a CPU too), 44 px crops (fewer FLOPs, as
     # accurate) with ten-crop TTA, and the per-epoch check on 2,000 rows. No pseudo-labels: their round would
     # double the time. Each choice was measured on one fold of the full train file: BENCHMARKS.md.
