@@ -84,12 +84,11 @@ def _speed_key(cfg, backbone, device, dtype, where):
             f"{cfg.augment} on {device.type}")
 
 
-def measure_speeds(cfg, backbones, images, labels, device, use_cache=True):
-    """({name: Speed}, how): timed here (seconds), or read from this machine's cache.
+def measure_speeds(cfg, arms, images, labels, device, use_cache=True):
+    """({arm: Speed}, how): timed here (seconds), or read from this machine's cache.
 
-    `backbones`: timm names, or {name: (backbone, settings)}: a table's arms (Table.arms), each timed with
-    its own settings (a smaller crop is faster)."""
-    arms = backbones if isinstance(backbones, dict) else {b: (b, {}) for b in backbones}
+    `arms`: {name: (backbone, settings)}, e.g. a table's (Table.arms), each timed with its own settings (a
+    smaller crop is faster)."""
     where, dtype = augment_on(cfg, device), autocast_dtype(cfg.amp, device)
     path, machine = cache_file(), machine_name()
     cached = _read_cache(path).get(machine, {}) if use_cache else {}
