@@ -507,6 +507,12 @@ class Keeper:
         views = self.work.views if "tta" in self.plan.explicit else min(self.work.views, self.work.fewest_views)
         return self._epoch_seconds(unit) + self._predict_seconds(unit, views)
 
+    def _latest_end(self, unit):
+        """The latest `unit` may end so that every other unfinished unit still gets its least, at the speed
+        measured so far (a slowdown raises their least, and so moves this end forward)."""
+        others = sum(self._least(u) for name, u in self.pending.items() if name != unit.name)
+        return self.end - RESERVE_SECONDS - others
+
     def start(self, unit, planned, done):
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
@@ -515,7 +521,7 @@ class Keeper:
         others = [u for name, u in self.pending.items() if name != unit.name]
         mine = self._cost(unit, planned - done)
         share = left * mine / max(1e-9, mine + sum(self._cost(u, self.plan.epochs[u.backbone]) for u in others))
-        share = min(share, left - sum(self._least(u) for u in others))
+        share = min(share, self._latest_end(unit) - time.monotonic())
         self.unit_end = time.monotonic() + share
         if done:
             return planned  # its schedule is under way: after_epoch moves its end if it must
@@ -534,10 +540,9 @@ class Keeper:
         entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
         if "epochs" in self.plan.explicit or self.unit_end is None or epoch >= planned:
             return planned
-        # a slowdown makes the units not started need more too: their least, at the speed now measured,
-        # comes out of this unit's share (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
-        others = sum(self._least(u) for name, u in self.pending.items() if name != unit.name)
-        self.unit_end = min(self.unit_end, self.end - RESERVE_SECONDS - others)
+        # a slowdown makes the units not started need more too: their least comes out of this unit's share
+        # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
+        self.unit_end = min(self.unit_end, self._latest_end(unit))
         left = self.unit_end - time.monotonic() - self._predict_seconds(unit)
         wanted = min(planned, epoch + max(1, math.floor(left / recent)))
         if wanted != planned:
