@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.serve import predict
+from fer_kaggle.serve import detect, predict
 from fer_kaggle.data.competition import CLASS_NAMES
 from fer_kaggle.serve.inference import load_ensemble
 
@@ -143,7 +143,7 @@ def test_no_detect_on_a_48px_row_equals_the_ensemble_on_that_row(finished_run, d
 
 
 def test_the_crop_is_the_haar_box_two_percent_wider_on_each_side():
-    assert predict.face_square((100, 50, 100, 100)) == (98, 48, 104, 104)
+    assert detect.face_square((100, 50, 100, 100)) == (98, 48, 104, 104)
     gray = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
-    face = predict.crop(gray, (-5, -5, 20, 20))  # past the photo's corner: black there, as in FER2013
+    face = detect.crop(gray, (-5, -5, 20, 20))  # past the photo's corner: black there, as in FER2013
     assert face.shape == (48, 48) and face[:5, :5].max() == 0 and face[-5:, -5:].min() > 0

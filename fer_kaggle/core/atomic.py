@@ -25,11 +25,16 @@ from fer_kaggle.core.errors import MACHINE_FAULTS, DamagedFile
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; move it over `path` only if the block succeeds."""
+def atomic_path(path, keep_suffix=False):
+    """Yield a temporary path beside `path`; move it over `path` only if the block succeeds.
+
+    keep_suffix: the temporary name ends as `path` does (`clip.tmp-<pid>.mp4`), for writers that choose
+    the format by the suffix (OpenCV's VideoWriter, matplotlib's savefig).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = (path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}") if keep_suffix
+           else path.with_name(f"{path.name}.tmp-{os.getpid()}"))
     try:
         yield tmp
         _commit(tmp, path)

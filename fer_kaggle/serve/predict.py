@@ -28,38 +28,9 @@ from fer_kaggle.core.atomic import atomic_path, save_csv
 from fer_kaggle.data.competition import CLASS_NAMES, IMAGE_SIZE
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.data.folders import IMAGE_SUFFIXES, image_files
+from fer_kaggle.serve.detect import crop, face_square, make_detector
+from fer_kaggle.serve import video
 from fer_kaggle.serve.inference import load_ensemble
-
-
-# OpenCV's own frontal-face Haar cascade, from the opencv-python(-headless) wheel: nothing is
-# downloaded. OpenCV 5's wheels no longer ship the cascades (cv2.data is gone), which is why
-# setup.cfg pins opencv-python-headless<5.
-CASCADE = "haarcascade_frontalface_default.xml"
-
-# How much wider than the Haar box the cut-out square is, on each side, as a fraction of the box.
-# FER2013's faces are tight crops (brow to chin), made by a detector in 2013. Measured on FER2013
-# itself: 800 rows of the bundled train sample, upscaled to 192 px and padded to 448 px (reflected,
-# replicated, gray or noise background), through detect_faces' settings: in the 92-322 faces found per
-# background, the 48x48 frame is the Haar box widened by a median 1.03-1.04 (quartiles 0.94-1.12),
-# centred within 1% of the box. So the Haar box, 2% wider on each side, is FER2013's framing; the
-# 20-30% margins common for other face datasets would show the model more hair and background
-# than it ever saw in training.
-MARGIN = 0.02
-# Larger photos are shrunk to this side for detection only (Haar on a 12 MP photo takes seconds); the
-# cascade's smallest window is 24 px there, so a face under 24 * side / 1280 px (75 px in a 4000 px
-# photo) is missed. Faces are cut out of the full-size photo.
-DETECT_MAX_SIDE = 1280
-
-
-def cascade():
-    """The Haar face detector from the installed OpenCV."""
-    if not hasattr(cv2, "data"):
-        raise FerKaggleError(f"this OpenCV ({cv2.__version__}) has no bundled Haar cascades (OpenCV 5 dropped "
-                             f"them); install opencv-python-headless<5")
-    detector = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / CASCADE))
-    if detector.empty():
-        raise FerKaggleError(f"{Path(cv2.data.haarcascades) / CASCADE}: OpenCV could not load its face cascade")
-    return detector
 
 
 @dataclass
@@ -99,44 +70,15 @@ def read_photo(path):
     return image
 
 
-def detect_faces(gray, detector, min_face):
-    """Haar boxes (x, y, w, h) on the histogram-equalised photo, in the photo's pixels, left to right."""
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-    small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    # equalised for detection only: the model reads the photo's own pixels, as FER2013's were
-    found = detector.detectMultiScale(cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5,
-                                      minSize=(max(24, round(min_face * scale)),) * 2)
-    boxes = [tuple(round(float(v) / scale) for v in box) for box in found]
-    return sorted(boxes)
-
-
-def face_square(box):
-    """The square the model reads for a Haar box: the box widened by MARGIN on each side."""
-    x, y, w, h = box
-    side = round(max(w, h) * (1 + 2 * MARGIN))
-    return (round(x + w / 2 - side / 2), round(y + h / 2 - side / 2), side, side)
-
-
-def crop(gray, square):
-    """The 48x48 face in `square` (black beyond the photo's edge), shrunk with INTER_AREA as in training."""
-    x, y, w, h = square
-    height, width = gray.shape
-    pad = max(0, -x, -y, x + w - width, y + h - height)
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    face = gray[y + pad:y + pad + h, x + pad:x + pad + w]
-    return cv2.resize(face, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-
-
 def find_faces(found, detect=True, min_face=40):
     """A Photo per file with its squares and 48x48 crops; reads every file (an unreadable one stops all)."""
-    detector = cascade() if detect else None
+    detector = make_detector() if detect else None
     photos = []
     for path, name in tqdm(found, desc="finding faces", unit="photo", leave=False, disable=None):
         gray = cv2.cvtColor(read_photo(path), cv2.COLOR_BGR2GRAY)
         photo = Photo(path, name)
         if detect:
-            photo.boxes = [face_square(box) for box in detect_faces(gray, detector, min_face)]
+            photo.boxes = [face_square(box) for box in detector(gray, min_face)]
         else:  # an already-cropped face: the whole image, squeezed to 48x48
             photo.boxes = [(0, 0, gray.shape[1], gray.shape[0])]
         photo.crops = [crop(gray, box) for box in photo.boxes]
@@ -233,11 +175,23 @@ def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_fa
 
 
 def add_arguments(parser):
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="image files or folders, or one video file (mp4, avi, mkv, webm, mov, ...)")
+    parser.add_argument("--webcam", nargs="?", type=int, const=0, metavar="N",
+                        help="a live window of camera N (default 0) with boxes, labels and frames per second; "
+                             "q or Esc quits")
     parser.add_argument("--workdir", "--run", dest="workdir", type=Path, help="the finished run folder "
                         "(default: folds or folds/demo, the one finished last)")
-    parser.add_argument("--out", type=Path, help="write the faces CSV here (default: print one line per face)")
-    parser.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with boxes and labels here")
+    parser.add_argument("--out", type=Path, help="write the faces CSV (photos) or the timeline CSV (a video, "
+                        "the webcam) here (default: print one line per face, or per track)")
+    parser.add_argument("--annotate", type=Path, metavar="PATH", help="photos: a folder for copies with boxes and "
+                        "labels; a video: the annotated video's file (.mp4, .avi, .mkv, .webm, .mov, .m4v)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="a video: each track's expression over time")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="a video, the webcam: analyse every Nth frame (default 1: all)")
+    parser.add_argument("--smooth", type=float, default=video.SMOOTH_SECONDS, metavar="SECONDS",
+                        help="a video, the webcam: time constant of each track's moving average of probabilities "
+                             f"(default {video.SMOOTH_SECONDS}: a change shows after about 0.7 x SECONDS; 0: none)")
     parser.add_argument("--no-detect", dest="detect", action="store_false",
                         help="each image is already one cropped face: no detection")
     parser.add_argument("--min-face", type=int, default=40, metavar="PX",
@@ -245,8 +199,51 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=256)
 
 
+def track_lines(table):
+    """`track 0: 0.0-9.9 s, 300 frames, mostly happy (87%)` for each track."""
+    lines = []
+    for track, rows in table.groupby("track"):
+        counts = rows["label"].value_counts()
+        lines.append(f"track {track}: {rows['seconds'].min():.1f}-{rows['seconds'].max():.1f} s, {len(rows)} "
+                     f"frames, mostly {counts.index[0]} ({counts.iloc[0] / len(rows):.0%})")
+    return lines
+
+
+def video_command(args, module, detector):
+    path = args.paths[0]
+    table, timeline, taken = video.video(path, module, detector, args.out, args.annotate, args.plot, args.every,
+                                         args.smooth, args.min_face, args.batch_size)
+    if args.out is None:
+        print("\n".join(track_lines(table)))
+    tracks = table["track"].nunique()
+    print(f"{path}: {timeline.frames} frames ({timeline.analysed} analysed) in {taken:.1f} s "
+          f"({timeline.frames / max(taken, 1e-9):.1f} frames/s); {len(table)} faces in {tracks} track(s)"
+          + ("" if len(table) else ": no face found")
+          + "".join(f"; wrote {p}" for p in (args.out, args.annotate, args.plot) if p is not None))
+    return 0
+
+
+def webcam_command(args, module, detector):
+    table, shown = video.webcam(args.webcam, module, detector, args.out, args.every, args.smooth, args.min_face)
+    print(f"camera {args.webcam}: {shown} frames, {len(table)} faces in {table['track'].nunique()} track(s)"
+          + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
 def command(args):
     """`fer-kaggle predict` (cli.py has found args.workdir)."""
+    videos = [path for path in args.paths if video.is_video(path)]
+    if args.webcam is not None and args.paths:
+        raise FerKaggleError("give --webcam or paths, not both")
+    if args.webcam is None and not args.paths:
+        raise FerKaggleError("give image files or folders, one video, or --webcam")
+    if videos and len(args.paths) > 1:
+        raise FerKaggleError(f"{videos[0]}: give one video at a time, without photos")
+    if args.webcam is None and not videos and (args.plot is not None or args.every != 1):
+        raise FerKaggleError("--plot and --every are for a video or the webcam")
+    if args.webcam is not None or videos:
+        module, detector = load_ensemble(args.workdir), make_detector()
+        return (webcam_command if args.webcam is not None else video_command)(args, module, detector)
     table, faceless, count = predict(args.paths, args.workdir, args.out, args.annotate, args.detect,
                                      args.min_face, args.batch_size)
     if args.out is None:
