@@ -5,6 +5,7 @@
     fer-kaggle report --out DIR                 the analysis report of a run
     fer-kaggle predict PHOTO...                 emotions of the faces in photos
     fer-kaggle export --out model.onnx          the run's ensemble as one ONNX graph
+    fer-kaggle distill                          one small model: students of the run's ensemble
     fer-kaggle bench [SUBCOMMAND]               benchmarks (fer-kaggle bench --help lists them)
 
 A first word that names a command is that command, even where a file or folder of that name exists
@@ -32,9 +33,10 @@ COMMANDS = {  # word -> (module, one line of help); a module has add_arguments(p
     "report": ("analysis.report", "the analysis report of a finished run (index.html and report.md)"),
     "predict": ("serve.predict", "emotions of the faces in photos or image folders, with a finished run"),
     "export": ("serve.export", "a finished run's ensemble (or one unit) as one ONNX graph"),
+    "distill": ("run.distill", "one small model from a finished run: students of the kept ensemble's probabilities"),
     "bench": ("bench.benchmarks", "speed of training and inference, recipe ablations, a command's time and memory"),
 }
-READS_A_RUN = {"ensemble", "report", "predict", "export"}  # --workdir defaults to the run finished last
+READS_A_RUN = {"ensemble", "report", "predict", "export", "distill"}  # --workdir defaults to the run finished last
 
 
 def split_command(argv):

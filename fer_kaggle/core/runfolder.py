@@ -25,6 +25,9 @@ This docstring is the layout's one description (docs/outputs.md points here):
       shift.json                       (shift.py) train against test: statistics, copies, AUC, class shares
       ensemble.json                    (ensemble.py) per-model and blended OOF accuracy, the weights, the submission
       heldout_labels.npz, heldout.json (heldout.py) test labels an input carried, and their score
+      student/<backbone>-<key>/fold<k>/   (distill.py) a student learning the kept ensemble's probabilities
+      student/targets-<key>-fold<k>.npz  its teachers' probabilities (train rows outside fold k, test images)
+      student.json                     (distill.py) the students: backbone, TTA, OOF accuracy beside the ensemble's
 
 Everything here is written atomically and read back checked (atomic.py's readers): `unit_damage` says
 what is wrong with a unit's files, `repair_units` removes the damaged units so the run trains them again.
@@ -98,9 +101,13 @@ def unit_settings(cfg, round_, augment_on, amp, data_fingerprints, teachers=None
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
+DISTILL_ROUND = 2  # distill.py's students: a folder of their own, outside the ensemble's rounds
+
+
 def round_name(round_):
-    """`round0`: the folder of a round's models (round 1: the pseudo-labelling students)."""
-    return f"round{round_}"
+    """`round0`: the folder of a round's models (round 1: the pseudo-labelling students; distilled ones:
+    `student`)."""
+    return "student" if round_ == DISTILL_ROUND else f"round{round_}"
 
 
 def fold_name(fold):
@@ -276,6 +283,10 @@ class RunFolder:
         return self.path / "plan.json"
 
     @property
+    def student_json(self):
+        return self.path / "student.json"
+
+    @property
     def ensemble_json(self):
         return self.path / "ensemble.json"
 
@@ -345,12 +356,14 @@ class RunFolder:
 
     def all_unit_dirs(self):
         """Every unit folder here, finished or not (ensemble rounds and ablations)."""
-        return sorted([*self.path.glob("round*/*/fold*/"), *self.path.glob("ablation/*/*/fold*/")])
+        return sorted([*self.path.glob("round*/*/fold*/"), *self.path.glob("ablation/*/*/fold*/"),
+                       *self.path.glob("student/*/fold*/")])
 
     def finished_units(self):
-        """Names of every finished unit (ensemble rounds and ablations), sorted."""
+        """Names of every finished unit (ensemble rounds, ablations, distilled students), sorted."""
         found = [*self.path.glob(f"round*/*/fold*/{FINISHED_FILE}"),
-                 *self.path.glob(f"ablation/*/*/fold*/{FINISHED_FILE}")]
+                 *self.path.glob(f"ablation/*/*/fold*/{FINISHED_FILE}"),
+                 *self.path.glob(f"student/*/fold*/{FINISHED_FILE}")]
         return sorted(p.parent.relative_to(self.path).as_posix() for p in found)
 
     # ---- the latest run's record

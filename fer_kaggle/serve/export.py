@@ -25,7 +25,7 @@ import torch
 from fer_kaggle.core.atomic import atomic_path
 from fer_kaggle.data.competition import read_test
 from fer_kaggle.core.errors import FerKaggleError
-from fer_kaggle.serve.inference import load_ensemble
+from fer_kaggle.serve.inference import MODELS, load_ensemble
 from fer_kaggle.data.inputs import DEMO_TEST
 from fer_kaggle.core.runfolder import RunFolder
 from fer_kaggle.models.tta import TTA_CHOICES
@@ -99,11 +99,11 @@ def _check_out(out):
         raise FerKaggleError(f"{out}: the folder {out.parent} does not exist; create it first")
 
 
-def export(workdir, out, unit=None, input_dtype="float32", tta=None, opset=None):
+def export(workdir, out, unit=None, input_dtype="float32", tta=None, opset=None, model="ensemble"):
     """Export, check, compare with PyTorch, then move into place; returns a summary dict."""
     out = Path(out)
     _check_out(out)
-    module = load_ensemble(workdir, unit=unit, tta=tta)
+    module = load_ensemble(workdir, unit=unit, tta=tta, model=model)
     example = torch.zeros(2, 1, 48, 48, dtype=INPUT_DTYPES[input_dtype])
     images, source = run_images(workdir, count=16)
     with atomic_path(out) as tmp:
@@ -157,6 +157,8 @@ def add_arguments(parser):
     parser.add_argument("--workdir", "--run", dest="workdir", type=Path, help="the finished run folder "
                         "(default: folds or folds/demo, the one finished last)")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--model", choices=MODELS, default="ensemble", help="the run's kept ensemble, or the small "
+                        "student that python -m fer_kaggle.distill made of it (its folds' mean)")
     parser.add_argument("--unit", help="export one unit, e.g. round0/fer_vgg_tiny/fold1, instead of the ensemble")
     parser.add_argument("--input", choices=list(INPUT_DTYPES), default="float32",
                         help="dtype of the 0-255 pixels the graph takes (default float32: what most "
@@ -170,7 +172,7 @@ def add_arguments(parser):
 
 def command(args):
     """`fer-kaggle export` (cli.py has found args.workdir)."""
-    summary = export(args.workdir, args.out, args.unit, args.input, args.tta, args.opset)
+    summary = export(args.workdir, args.out, args.unit, args.input, args.tta, args.opset, args.model)
     print(f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, "
           f"{summary['exporter']}): {len(summary['units'])} unit(s), input {INPUT_NAME} N x 1 x 48 x 48 "
           f"{args.input} 0-255, output {OUTPUT_NAME} N x 7")

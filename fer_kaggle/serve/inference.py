@@ -136,15 +136,34 @@ def _unit_space(workdir, unit):
     return kept_blend(workdir).get(unit.rsplit("/", 1)[0], (0, "prob"))[1]
 
 
-def load_ensemble(workdir, unit=None, tta=None, device="cpu"):
-    """The run's kept ensemble (or one unit) as one eval-mode module: (N,1,48,48) 0-255 -> (N,7) probs.
+MODELS = ("ensemble", "student")
+
+
+def student_units(workdir):
+    """The unit names of the run's distilled student (distill.py), one per fold."""
+    path = RunFolder(workdir).student_json
+    if not path.is_file():
+        raise FerKaggleError(f"{workdir}: no student here; make one first: python -m fer_kaggle.distill "
+                             f"--workdir {workdir}")
+    summary = read_json(path, ("model", "folds"), "run python -m fer_kaggle.distill again to write it")
+    return [f"{summary['model']}/{fold_name(k)}" for k in range(summary["folds"])]
+
+
+def load_ensemble(workdir, unit=None, tta=None, device="cpu", model="ensemble"):
+    """The run's kept ensemble (or one unit, or with model="student" its distilled student's folds) as one
+    eval-mode module: (N,1,48,48) 0-255 -> (N,7) probs.
 
     Models of weight 0 are left out: they change nothing and would only cost time. One unit averages
     its views in the space the ensemble chose for its model ("prob" if the ensemble does not list it).
     """
     workdir = _run_dir(workdir)
+    if model not in MODELS:
+        raise FerKaggleError(f"--model {model}: choose one of {', '.join(MODELS)}")
     if unit is not None:
         names, weights, spaces = [unit], [1.0], [_unit_space(workdir, unit)]
+    elif model == "student":
+        names = student_units(workdir)
+        weights, spaces = [1.0 / len(names)] * len(names), ["prob"] * len(names)
     else:
         n_folds = RunFolder(workdir).require_run()["folds"]
         names, weights, spaces = [], [], []

@@ -30,7 +30,7 @@ from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.data.folders import IMAGE_SUFFIXES, image_files
 from fer_kaggle.serve.detect import crop, face_square, make_detector
 from fer_kaggle.serve import video
-from fer_kaggle.serve.inference import load_ensemble
+from fer_kaggle.serve.inference import MODELS, load_ensemble
 
 
 @dataclass
@@ -155,13 +155,14 @@ def face_line(row):
             + ", ".join(f"{name} {row[name]:.2f}" for name in ranked))
 
 
-def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_face=40, batch_size=256):
+def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_face=40, batch_size=256,
+            model="ensemble"):
     """Find, predict, write; returns (faces table, paths of the images without a face, number of images)."""
     if out is not None and not Path(out).parent.is_dir():
         raise FerKaggleError(f"{out}: the folder {Path(out).parent} does not exist; create it first")
     if batch_size < 1 or min_face < 1:
         raise FerKaggleError("--batch-size and --min-face must be at least 1")
-    module = load_ensemble(run)
+    module = load_ensemble(run, model=model)
     skip = Path(annotate_dir).resolve() if annotate_dir is not None else None
     photos = find_faces(find_images(paths, skip), detect, min_face)
     crops = np.asarray([c for photo in photos for c in photo.crops], dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
@@ -182,6 +183,8 @@ def add_arguments(parser):
                              "q or Esc quits")
     parser.add_argument("--workdir", "--run", dest="workdir", type=Path, help="the finished run folder "
                         "(default: folds or folds/demo, the one finished last)")
+    parser.add_argument("--model", choices=MODELS, default="ensemble", help="the run's kept ensemble (default), or "
+                        "the small student that python -m fer_kaggle.distill made of it: several times faster")
     parser.add_argument("--out", type=Path, help="write the faces CSV (photos) or the timeline CSV (a video, "
                         "the webcam) here (default: print one line per face, or per track)")
     parser.add_argument("--annotate", type=Path, metavar="PATH", help="photos: a folder for copies with boxes and "
@@ -242,10 +245,10 @@ def command(args):
     if args.webcam is None and not videos and (args.plot is not None or args.every != 1):
         raise FerKaggleError("--plot and --every are for a video or the webcam")
     if args.webcam is not None or videos:
-        module, detector = load_ensemble(args.workdir), make_detector()
+        module, detector = load_ensemble(args.workdir, model=args.model), make_detector()
         return (webcam_command if args.webcam is not None else video_command)(args, module, detector)
     table, faceless, count = predict(args.paths, args.workdir, args.out, args.annotate, args.detect,
-                                     args.min_face, args.batch_size)
+                                     args.min_face, args.batch_size, args.model)
     if args.out is None:
         for _, row in table.iterrows():
             print(face_line(row))
