@@ -1,11 +1,16 @@
-"""The expressions of the faces in your own photos, with a finished run's ensemble.
+"""The expressions of the faces in your own photos (or a video, or the webcam: video.py), with a finished
+run's ensemble or its distilled student.
 
     python -m fer_kaggle.predict PATH... [--run folds/] [--out faces.csv] [--annotate DIR]
+                                 [--model ensemble|student] [--detector mtcnn|haar]
                                  [--no-detect] [--min-face PX] [--batch-size N]
+    python -m fer_kaggle.predict talk.mp4 [--out timeline.csv] [--annotate annotated.mp4] [--plot timeline.png]
+    python -m fer_kaggle.predict --webcam [N]
 
 PATHs are image files or folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff
-.pgm; hidden files skipped). Each photo is turned to grayscale, its faces found with OpenCV's Haar
-cascade, each face cut out the way FER2013's faces were framed, shrunk to 48x48 and predicted.
+.pgm; hidden files skipped), or one video file. Each photo's faces are found (detect.py: MTCNN, or
+OpenCV's Haar cascade), each face cut out of the grayscale photo the way FER2013's faces were framed,
+shrunk to 48x48 and predicted.
 
 Without --out, one line per face is printed; --out writes a CSV with one row per face: file, face
 (its number in the file, left to right), x, y, w, h (the square the model read, in the pixels of
@@ -28,7 +33,7 @@ from fer_kaggle.core.atomic import atomic_path, save_csv
 from fer_kaggle.data.competition import CLASS_NAMES, IMAGE_SIZE
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.data.folders import IMAGE_SUFFIXES, image_files
-from fer_kaggle.serve.detect import crop, face_square, make_detector
+from fer_kaggle.serve.detect import DEFAULT_DETECTOR, DETECTORS, crop, make_detector
 from fer_kaggle.serve import video
 from fer_kaggle.serve.inference import MODELS, load_ensemble
 
@@ -70,15 +75,16 @@ def read_photo(path):
     return image
 
 
-def find_faces(found, detect=True, min_face=40):
+def find_faces(found, detect=True, min_face=40, detector=DEFAULT_DETECTOR):
     """A Photo per file with its squares and 48x48 crops; reads every file (an unreadable one stops all)."""
-    detector = make_detector() if detect else None
+    detector = make_detector(detector) if detect else None
     photos = []
     for path, name in tqdm(found, desc="finding faces", unit="photo", leave=False, disable=None):
-        gray = cv2.cvtColor(read_photo(path), cv2.COLOR_BGR2GRAY)
+        image = read_photo(path)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         photo = Photo(path, name)
         if detect:
-            photo.boxes = [face_square(box) for box in detector(gray, min_face)]
+            photo.boxes = detector(image, min_face)
         else:  # an already-cropped face: the whole image, squeezed to 48x48
             photo.boxes = [(0, 0, gray.shape[1], gray.shape[0])]
         photo.crops = [crop(gray, box) for box in photo.boxes]
@@ -156,7 +162,7 @@ def face_line(row):
 
 
 def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_face=40, batch_size=256,
-            model="ensemble"):
+            model="ensemble", detector=DEFAULT_DETECTOR):
     """Find, predict, write; returns (faces table, paths of the images without a face, number of images)."""
     if out is not None and not Path(out).parent.is_dir():
         raise FerKaggleError(f"{out}: the folder {Path(out).parent} does not exist; create it first")
@@ -164,7 +170,7 @@ def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_fa
         raise FerKaggleError("--batch-size and --min-face must be at least 1")
     module = load_ensemble(run, model=model)
     skip = Path(annotate_dir).resolve() if annotate_dir is not None else None
-    photos = find_faces(find_images(paths, skip), detect, min_face)
+    photos = find_faces(find_images(paths, skip), detect, min_face, detector)
     crops = np.asarray([c for photo in photos for c in photo.crops], dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     probs = predict_crops(module, crops, batch_size)
     table = faces_table(photos, probs)
@@ -195,6 +201,9 @@ def add_arguments(parser):
     parser.add_argument("--smooth", type=float, default=video.SMOOTH_SECONDS, metavar="SECONDS",
                         help="a video, the webcam: time constant of each track's moving average of probabilities "
                              f"(default {video.SMOOTH_SECONDS}: a change shows after about 0.7 x SECONDS; 0: none)")
+    parser.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR,
+                        help=f"how faces are found (default {DEFAULT_DETECTOR}: it finds more faces than OpenCV's "
+                             f"Haar cascade, turned ones too, in less time; haar: the fallback)")
     parser.add_argument("--no-detect", dest="detect", action="store_false",
                         help="each image is already one cropped face: no detection")
     parser.add_argument("--min-face", type=int, default=40, metavar="PX",
@@ -245,10 +254,10 @@ def command(args):
     if args.webcam is None and not videos and (args.plot is not None or args.every != 1):
         raise FerKaggleError("--plot and --every are for a video or the webcam")
     if args.webcam is not None or videos:
-        module, detector = load_ensemble(args.workdir, model=args.model), make_detector()
+        module, detector = load_ensemble(args.workdir, model=args.model), make_detector(args.detector)
         return (webcam_command if args.webcam is not None else video_command)(args, module, detector)
     table, faceless, count = predict(args.paths, args.workdir, args.out, args.annotate, args.detect,
-                                     args.min_face, args.batch_size, args.model)
+                                     args.min_face, args.batch_size, args.model, args.detector)
     if args.out is None:
         for _, row in table.iterrows():
             print(face_line(row))

@@ -167,7 +167,7 @@ class Analyser:
             if number % self.every == 0:
                 self.timeline.analysed += 1
                 gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-                squares = [detect.face_square(box) for box in self.detector(gray, self.min_face)]
+                squares = self.detector(image, self.min_face)
                 tracks = self.tracker.update(squares, seconds)
                 self.shown = [Face(number, seconds, track, square, detect.crop(gray, square))
                               for track, square in zip(tracks, squares)]
