@@ -33,7 +33,7 @@ COMMANDS = {  # word -> (module, one line of help); a module has add_arguments(p
     "report": ("analysis.report", "the analysis report of a finished run (index.html and report.md)"),
     "predict": ("serve.predict", "emotions of the faces in photos or image folders, with a finished run"),
     "export": ("serve.export", "a finished run's ensemble (or one unit) as one ONNX graph"),
-    "distill": ("run.distill", "one small model from a finished run: students of the kept ensemble's probabilities"),
+    "distill": ("student.distill", "one small model from a finished run: students of the kept ensemble's probabilities"),
     "bench": ("bench.benchmarks", "speed of training and inference, recipe ablations, a command's time and memory"),
 }
 READS_A_RUN = {"ensemble", "report", "predict", "export", "distill"}  # --workdir defaults to the run finished last

@@ -1,4 +1,4 @@
-"""`python -m fer_kaggle.distill ...` is `fer-kaggle distill ...` (the code: fer_kaggle/run/distill.py)."""
+"""`python -m fer_kaggle.distill ...` is `fer-kaggle distill ...` (the code: fer_kaggle/student/distill.py)."""
 from fer_kaggle.cli import run_program
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 from fer_kaggle import cli
 from fer_kaggle.core import runfolder
-from fer_kaggle.run import distill
+from fer_kaggle.student import distill
 from fer_kaggle.serve import export
 from fer_kaggle.serve.inference import load_ensemble
 

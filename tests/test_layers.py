@@ -11,7 +11,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "fer_kaggle"
 # Bottom to top, as the data flows; a module may import its own layer's modules and those below.
-LAYERS = ["core", "data", "models", "training", "blend", "run", "serve", "analysis", "bench"]
+LAYERS = ["core", "data", "models", "training", "blend", "run", "serve", "student", "analysis", "bench"]
 TOP = len(LAYERS)  # cli.py, __main__.py and the `python -m fer_kaggle.<command>` files
 
 
@@ -59,8 +59,8 @@ GRAPH = {name: _imports(name)[0] for name in MODULES}
 
 
 def test_every_module_is_in_a_layer_or_is_a_command_at_the_top():
-    entry_points = ["fer_kaggle.__main__", "fer_kaggle.ensemble", "fer_kaggle.export", "fer_kaggle.predict",
-                    "fer_kaggle.report"]
+    entry_points = ["fer_kaggle.__main__", "fer_kaggle.distill", "fer_kaggle.ensemble", "fer_kaggle.export",
+                    "fer_kaggle.predict", "fer_kaggle.report"]
     top = sorted(name for name in MODULES if _layer(name) == TOP)
     assert top == sorted(["fer_kaggle", "fer_kaggle._startup", "fer_kaggle.cli", "fer_kaggle.bench.__main__",
                           *entry_points])

@@ -9,6 +9,8 @@
     python -m fer_kaggle.bench tree -- COMMAND...   wall time and the process tree's peak memory
     python -m fer_kaggle.bench shift TRAIN_CSV TEST_CSV   the shift check on real and shifted copies
     python -m fer_kaggle.bench gpu [--train CSV]   the GPU self-check (selfcheck.py); exits 2 without CUDA
+    python -m fer_kaggle.bench detectors   face detectors: found, false faces, framing, speed (serving.py)
+    python -m fer_kaggle.bench video [--workdir folds]   a video end to end with the ensemble and the student
 
 train (the default): each backbone's speed (speed.py). On a CPU it times a few steps of the demo preset
 by default (under a minute; `--preset full` there takes several minutes: its models are GPU-sized).
@@ -36,6 +38,7 @@ import pandas as pd
 
 import torch
 
+from fer_kaggle.bench import serving
 from fer_kaggle.bench.chaos import chaos
 from fer_kaggle.bench.selfcheck import run_selfcheck
 from fer_kaggle.bench.speed import (FER2013_TEST_ROWS, FER2013_TRAIN_ROWS, device_name, median_seconds,
@@ -43,6 +46,7 @@ from fer_kaggle.bench.speed import (FER2013_TEST_ROWS, FER2013_TRAIN_ROWS, devic
 from fer_kaggle.core.atomic import write_json
 from fer_kaggle.core.config import PRESETS, Config
 from fer_kaggle.core.errors import FerKaggleError
+from fer_kaggle.core.runfolder import HOME, find_default_run
 from fer_kaggle.data import inputs, shift
 from fer_kaggle.data.competition import fingerprint, read_test, read_train
 from fer_kaggle.data.folds import make_or_load_folds
@@ -384,6 +388,14 @@ def add_arguments(parser):
                                     "against the batched torch ops (gpu_augment), on the demo's faces")
     augment_parser.add_argument("--device", default="cpu")
     augment_parser.add_argument("--level", choices=augment.AUGMENT_LEVELS, default="full")
+    detectors = sub.add_parser("detectors", help="face detectors on real photos and FER2013's faces: found, false, "
+                               "framing, milliseconds a frame")
+    detectors.add_argument("--rows", type=int, default=800, help="bundled train rows placed in pictures")
+    video_parser = sub.add_parser("video", help="a 640x480 video end to end with the run's ensemble and student: "
+                                  "frames per second")
+    video_parser.add_argument("--workdir", "--run", dest="workdir", type=Path, default=None,
+                              help="the finished run (default: folds or folds/demo, the one finished last)")
+    video_parser.add_argument("--frames", type=int, default=300)
     parse = sub.add_parser("parse", help="CSV parsing speed")
     parse.add_argument("train", help="a label,feature train CSV (.csv, .gz or .xz)")
     parse.add_argument("--repeats", type=int, default=3)
@@ -404,6 +416,10 @@ def command(args):
     if args.bench == "parse":
         bench_parse(args.train, args.repeats)
         return 0
+    if args.bench == "detectors":
+        return serving.bench_detectors(args.rows)
+    if args.bench == "video":
+        return serving.bench_video(args.workdir or find_default_run(HOME)[0].path, args.frames)
     if args.bench == "augment":
         bench_augment(device=args.device, level=args.level)
         return 0

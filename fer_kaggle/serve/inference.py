@@ -15,6 +15,7 @@ Reads `<workdir>/folds.json`, `ensemble.json` and each unit's config.json and ch
 """
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,3 +178,12 @@ def load_ensemble(workdir, unit=None, tta=None, device="cpu", model="ensemble"):
                              f"expected {', '.join(SPACES)}")
     units = [load_unit(workdir, name, tta, device, space) for name, space in zip(names, spaces)]
     return EnsembleModule(units, names, weights).to(device).eval()
+
+
+def predict_crops(module, crops, batch_size):
+    """(N, 7) probabilities of (N, 48, 48) uint8 faces, batch by batch."""
+    probs = [np.empty((0, 7), np.float32)]
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            probs.append(module(torch.from_numpy(crops[start:start + batch_size][:, None])).numpy())
+    return np.concatenate(probs)

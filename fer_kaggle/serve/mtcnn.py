@@ -143,9 +143,8 @@ class MTCNN:
 
     def detect(self, rgb, min_face):
         """(N, 4) float boxes (x1, y1, x2, y2) in the image's pixels."""
-        height, width = rgb.shape[:2]
-        image = (torch.from_numpy(rgb).permute(2, 0, 1).float() - 127.5) / 128.0
-        boxes = self._propose(image, min_face)
+        image = normalise(rgb)
+        boxes = self._propose(rgb, min_face)
         for net, side, threshold in ((self.rnet, 24, self.thresholds[1]), (self.onet, 48, self.thresholds[2])):
             if not len(boxes):
                 break
@@ -155,13 +154,15 @@ class MTCNN:
             boxes = boxes[nms(boxes, probs, 0.7)]
         return boxes
 
-    def _propose(self, image, min_face):
-        """P-Net over the pyramid: windows with their probabilities, NMS within and across levels."""
-        _, height, width = image.shape
+    def _propose(self, rgb, min_face):
+        """P-Net over the pyramid: windows with their probabilities, NMS within and across levels. Each level
+        is shrunk by OpenCV from the 8-bit image (INTER_AREA: the paper's resampling; 5x faster than torch's
+        area interpolation of the float image, which took most of a 640x480 frame's time)."""
+        height, width = rgb.shape[:2]
         scale, found = CELL / min_face, []
         while min(height, width) * scale >= CELL:
-            level = F.interpolate(image[None], size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
-            probs, offsets = self.pnet(level)
+            size = (int(width * scale + 1), int(height * scale + 1))
+            probs, offsets = self.pnet(normalise(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))[None])
             ys, xs = torch.nonzero(probs[0] >= self.thresholds[0], as_tuple=True)
             if len(ys):
                 corner = torch.stack([xs, ys], 1).float() * STRIDE
@@ -174,3 +175,8 @@ class MTCNN:
             return torch.zeros(0, 4)
         boxes, scores = torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])
         return boxes[batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.long), 0.7)]
+
+
+def normalise(rgb):
+    """(3, H, W) float32 in [-1, 1] from an 8-bit RGB image, as the nets were trained."""
+    return (torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() - 127.5) / 128.0

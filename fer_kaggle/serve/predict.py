@@ -26,7 +26,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from fer_kaggle.core.atomic import atomic_path, save_csv
@@ -35,7 +34,7 @@ from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.data.folders import IMAGE_SUFFIXES, image_files
 from fer_kaggle.serve.detect import DEFAULT_DETECTOR, DETECTORS, crop, make_detector
 from fer_kaggle.serve import video
-from fer_kaggle.serve.inference import MODELS, load_ensemble
+from fer_kaggle.serve.inference import MODELS, load_ensemble, predict_crops
 
 
 @dataclass
@@ -90,15 +89,6 @@ def find_faces(found, detect=True, min_face=40, detector=DEFAULT_DETECTOR):
         photo.crops = [crop(gray, box) for box in photo.boxes]
         photos.append(photo)
     return photos
-
-
-def predict_crops(module, crops, batch_size):
-    """(N, 7) probabilities of (N, 48, 48) uint8 faces, batch by batch."""
-    probs = [np.empty((0, len(CLASS_NAMES)), np.float32)]
-    with torch.inference_mode():
-        for start in range(0, len(crops), batch_size):
-            probs.append(module(torch.from_numpy(crops[start:start + batch_size][:, None])).numpy())
-    return np.concatenate(probs)
 
 
 def faces_table(photos, probs):

@@ -38,6 +38,7 @@ from fer_kaggle.core.atomic import atomic_path, save_csv  # noqa: E402
 from fer_kaggle.core.errors import FerKaggleError  # noqa: E402
 from fer_kaggle.data.competition import CLASS_NAMES  # noqa: E402
 from fer_kaggle.serve import detect  # noqa: E402
+from fer_kaggle.serve.inference import predict_crops  # noqa: E402
 
 # What the annotated video is written as, by its suffix: codecs that the opencv-python(-headless) wheels'
 # FFmpeg writes (H.264 is not among them).
@@ -160,7 +161,6 @@ class Analyser:
 
     def chunk(self, frames):
         """Analyse a list of (frame number, seconds, BGR image); returns the faces to draw on each frame."""
-        from fer_kaggle.serve.predict import predict_crops
         found, drawn = [], []
         for number, seconds, image in frames:
             self.timeline.frames += 1
