@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.serve import detect, predict
+from fer_kaggle.serve import detect
 from fer_kaggle.data.competition import CLASS_NAMES
 from fer_kaggle.serve.inference import load_ensemble
 
