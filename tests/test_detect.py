@@ -77,3 +77,11 @@ def test_a_large_photo_is_searched_shrunk_and_answered_in_its_own_pixels(mtcnn):
     big = cv2.resize(photo, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 2048 px: shrunk to 1280 to search
     (square,) = mtcnn(big)
     assert _centre_inside(tuple(v / 4 for v in square), face) and 0.7 * 4 * max(face[2:]) <= square[2]
+
+
+def test_bench_detectors_prints_each_detectors_figures(capsys):
+    from fer_kaggle.bench import serving
+    assert serving.bench_detectors(rows=6) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"mtcnn", "haar"}
+    assert rows["mtcnn"].split()[1:4] == ["3", "/", "3"] and "(missed: camera)" in rows["haar"]

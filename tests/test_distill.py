@@ -118,3 +118,14 @@ def _png(tmp_path, face):
 def test_a_run_without_a_student_says_how_to_make_one(finished_run, tmp_path):
     status, _, stderr = _cli("predict", "--run", finished_run[0], "--model", "student", tmp_path / "x.png")
     assert status == 2 and "no student here; make one first: python -m fer_kaggle.distill" in stderr
+
+
+def test_bench_video_times_the_ensemble_and_the_student_with_each_detector(distilled):
+    run, _ = distilled
+    status, stdout, stderr = _cli("bench", "video", "--workdir", run, "--frames", "12")
+    assert status == 0, stderr
+    lines = [line for line in stdout.splitlines() if "frames/s" in line]
+    assert [line.split()[:4:3] for line in lines] == [["ensemble", "mtcnn"], ["ensemble", "haar"],
+                                                     ["student", "mtcnn"], ["student", "haar"]]
+    assert all(float(line.split("frames/s")[0].split()[-1]) > 0 for line in lines)
+    assert "faces in 12 of 12 frames" in lines[0]  # MTCNN finds the moving face in every frame
