@@ -243,6 +243,8 @@ def command(args):
         raise FerKaggleError(f"{videos[0]}: give one video at a time, without photos")
     if args.webcam is None and not videos and (args.plot is not None or args.every != 1):
         raise FerKaggleError("--plot and --every are for a video or the webcam")
+    if (args.webcam is not None or videos) and not args.detect:
+        raise FerKaggleError("--no-detect is for photos that are already cropped faces, not a video or the webcam")
     if args.webcam is not None or videos:
         module, detector = load_ensemble(args.workdir, model=args.model), make_detector(args.detector)
         return (webcam_command if args.webcam is not None else video_command)(args, module, detector)
