@@ -252,6 +252,9 @@ class FakeWindow:
         self.shown.append(image.copy())
         return len(self.shown) < self.frames
 
+    def close(self):
+        self.closed = True
+
 
 def test_the_live_loop_shows_boxes_and_fps_until_asked_to_stop(finished_run, clip):
     analyser = video.Analyser(load_ensemble(finished_run[0]), detect.make_detector())
@@ -274,3 +277,25 @@ def test_tracker_keeps_ids_across_motion_and_ends_lost_tracks():
     assert b3.id == 1
     (a4,) = tracker.update([(8, 0, 100, 100)], 1.5)  # A unseen for 1.4 s: a new track
     assert a4.id == 2
+
+
+def test_the_webcam_command_records_the_timeline_when_its_window_closes(finished_run, clip, tmp_path, monkeypatch):
+    """The whole --webcam command, with the video file standing in for camera 0 and a window that closes
+    itself after 6 frames (no camera or display here)."""
+    monkeypatch.setattr(video, "open_camera", lambda index: cv2.VideoCapture(str(clip)))
+    monkeypatch.setattr(video, "Window", lambda title: FakeWindow(6))
+    status, stdout, stderr = _cli("--webcam", "--run", finished_run[0], "--out", tmp_path / "live.csv")
+    assert status == 0, stderr
+    table = pd.read_csv(tmp_path / "live.csv")
+    assert sorted(table["frame"].unique()) == list(range(6)) and table["track"].nunique() == 2
+    assert stdout.startswith("camera 0: 6 frames, 12 faces in 2 track(s); wrote ")
+
+
+def test_a_track_seen_in_the_frame_before_stays_however_slow_the_frames():
+    tracker = video.Tracker()
+    (a,) = tracker.update([(0, 0, 100, 100)], 0.0)
+    (again,) = tracker.update([(4, 0, 100, 100)], 3.0)  # a busy machine: the next frame 3 s later
+    assert again.id == a.id
+    tracker.update([], 3.5)
+    (later,) = tracker.update([(8, 0, 100, 100)], 5.0)  # missed a frame and 2 s: gone
+    assert later.id != a.id

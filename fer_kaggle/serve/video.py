@@ -50,7 +50,8 @@ VIDEO_SUFFIXES = (*WRITERS, ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".ts", ".3g
 # that is the lag it adds; --smooth 0 turns it off.
 SMOOTH_SECONDS = 0.5
 # Tracking: a face joins the live track whose last box it overlaps most, if their IoU reaches this; a track
-# not seen for TRACK_PATIENCE seconds ends (a face that comes back later gets a new id).
+# not seen for TRACK_PATIENCE seconds (and not in the frame before) ends: a face that comes back later gets a
+# new id.
 TRACK_IOU = 0.3
 TRACK_PATIENCE = 1.0
 # Frames decoded before their faces go through the model together (the webcam: one, for no delay).
@@ -72,6 +73,7 @@ class Track:
     id: int
     box: tuple
     seen: float                   # seconds, when the box was last found
+    missed: int = 0               # analysed frames since then
     probs: np.ndarray = None      # smoothed probabilities (None before the first prediction)
     at: float = 0.0               # seconds of the last smoothing step
 
@@ -85,8 +87,12 @@ class Tracker:
         self.live, self.next_id = [], 0
 
     def update(self, boxes, seconds):
-        """The Track of each box, in the boxes' order; new ids for faces that match no live track."""
-        self.live = [t for t in self.live if seconds - t.seen <= self.patience]
+        """The Track of each box, in the boxes' order; new ids for faces that match no live track. A track seen
+        in the frame before stays live however long ago that was (a webcam frame can take over a second on a
+        busy machine)."""
+        self.live = [t for t in self.live if seconds - t.seen <= self.patience or t.missed == 0]
+        for track in self.live:
+            track.missed += 1
         pairs = sorted(((iou(box, t.box), b, k) for b, box in enumerate(boxes) for k, t in enumerate(self.live)),
                        reverse=True)
         matched, taken = {}, set()
@@ -103,7 +109,7 @@ class Tracker:
                 track = Track(self.next_id, box, seconds)
                 self.next_id += 1
                 self.live.append(track)
-            track.box, track.seen = box, seconds
+            track.box, track.seen, track.missed = box, seconds, 0
             tracks.append(track)
         return tracks
 
