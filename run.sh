@@ -68,7 +68,7 @@ extras="matplotlib captum torchinfo onnx onnxscript onnxruntime"
 
 if [ "${1:-}" = "test" ]; then
   shift
-  setup "fer_kaggle $extras pytest xdist ray" "$root[report,serve,test]"
+  setup "fer_kaggle $extras pytest xdist ray skimage" "$root[report,serve,test]"
   cd "$root"
   exec "$python" -m pytest "$@"
 fi
