@@ -57,12 +57,6 @@ def real_photos():
     return portraits, {name: _bgr(getattr(data, name)()) for name in NO_FACE}
 
 
-def _iou(a, b):
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
-
-
 def fer_pictures(rows, backdrop):
     """(picture, pasted square) for each row: the face upscaled to 192 px inside a 448 px gray picture, noise,
     or the real photo `backdrop` (by turns)."""
@@ -99,11 +93,11 @@ def bench_detectors(rows=800):
         hits, overlaps, false_fer = 0, [], 0
         for picture, square in fer_pictures(rows, backdrop):
             squares = detector(picture)
-            best = max((_iou(s, square) for s in squares), default=0.0)
+            best = max((video.iou(s, square) for s in squares), default=0.0)
             if best >= 0.3:
                 hits += 1
                 overlaps.append(best)
-            false_fer += sum(_iou(s, square) < 0.3 for s in squares)
+            false_fer += sum(video.iou(s, square) < 0.3 for s in squares)
         detector(frame)
         times = []
         for _ in range(20):
