@@ -299,3 +299,34 @@ def test_a_track_seen_in_the_frame_before_stays_however_slow_the_frames():
     tracker.update([], 3.5)
     (later,) = tracker.update([(8, 0, 100, 100)], 5.0)  # missed a frame and 2 s: gone
     assert later.id != a.id
+
+
+@pytest.fixture
+def x_display(monkeypatch):
+    """A virtual X display (Debian's Xvfb, which .ci/run installs) for the Tk window."""
+    import shutil
+    import subprocess
+    import time
+    if shutil.which("Xvfb") is None:
+        pytest.skip("no Xvfb here")
+    display = ":%d" % (90 + __import__("os").getpid() % 100)
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "800x600x24"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    monkeypatch.setenv("DISPLAY", display)
+    yield display
+    server.terminate()
+    server.wait()
+
+
+def test_the_window_shows_frames_in_their_colours_and_q_or_esc_stops_it(x_display):
+    window = video.Window("camera 0")
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[:, :, 2] = 200  # BGR: red
+    assert window.show(frame)
+    assert window.photo.get(10, 10) == (200, 0, 0) and (window.photo.width(), window.photo.height()) == (160, 120)
+    window.root.focus_force()
+    window.root.update()
+    window.root.event_generate("<KeyPress-q>", when="tail")  # as a user's key press: queued, then handled
+    assert not window.show(frame) and window.stopped
+    window.close()
