@@ -130,6 +130,24 @@ def kept_blend(workdir):
             for (name, scores), weight in zip(summary["models"].items(), weights)}
 
 
+def kept_oof_accuracy(workdir):
+    """The OOF accuracy of the blend the run kept."""
+    summary = _summary(workdir)
+    return summary["blends"][summary["kept"]]["oof_acc"]
+
+
+def blend_units(workdir, folds):
+    """(unit names, weights, TTA spaces) of the kept blend's models of weight > 0 at `folds`, each model's
+    weight shared equally among its folds."""
+    names, weights, spaces = [], [], []
+    for model, (weight, space) in kept_blend(workdir).items():
+        if weight > 0:
+            names += [f"{model}/{fold_name(k)}" for k in folds]
+            weights += [weight / len(folds)] * len(folds)
+            spaces += [space] * len(folds)
+    return names, weights, spaces
+
+
 def _unit_space(workdir, unit):
     """The TTA space the ensemble chose for a unit's model; "prob" (its test.npz "probs") otherwise."""
     if not RunFolder(workdir).ensemble_json.is_file():
@@ -166,13 +184,7 @@ def load_ensemble(workdir, unit=None, tta=None, device="cpu", model="ensemble"):
         names = student_units(workdir)
         weights, spaces = [1.0 / len(names)] * len(names), ["prob"] * len(names)
     else:
-        n_folds = RunFolder(workdir).require_run()["folds"]
-        names, weights, spaces = [], [], []
-        for model, (weight, space) in kept_blend(workdir).items():
-            if weight > 0:
-                names += [f"{model}/{fold_name(k)}" for k in range(n_folds)]
-                weights += [weight / n_folds] * n_folds
-                spaces += [space] * n_folds
+        names, weights, spaces = blend_units(workdir, range(RunFolder(workdir).require_run()["folds"]))
     if any(space not in SPACES for space in spaces):
         raise FerKaggleError(f"{workdir}/ensemble.json: unknown TTA space in {sorted(set(spaces))}; "
                              f"expected {', '.join(SPACES)}")

@@ -27,7 +27,7 @@ from fer_kaggle.core.config import Config
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.core.runfolder import DISTILL_ROUND, RunFolder, short_hash
 from fer_kaggle.models.tta import TTA_CHOICES
-from fer_kaggle.serve.inference import EnsembleModule, kept_blend, load_unit
+from fer_kaggle.serve.inference import EnsembleModule, blend_units, kept_blend, kept_oof_accuracy, load_unit
 from fer_kaggle.training import train
 
 DEFAULT_BACKBONE, DEFAULT_TTA = "fer_vgg_cpu", "flip"
@@ -36,12 +36,7 @@ TEACHER_BATCH = 512
 
 def fold_teachers(workdir, fold):
     """Fold `fold`'s units of the kept blend as one module (their weights, their TTA spaces)."""
-    names, weights, spaces = [], [], []
-    for model, (weight, space) in kept_blend(workdir).items():
-        if weight > 0:
-            names.append(f"{model}/{runfolder.fold_name(fold)}")
-            weights.append(weight)
-            spaces.append(space)
+    names, weights, spaces = blend_units(workdir, [fold])
     total = sum(weights)
     units = [load_unit(workdir, name, space=space) for name, space in zip(names, spaces)]
     return EnsembleModule(units, names, [w / total for w in weights]).eval(), names
@@ -72,8 +67,8 @@ def fold_targets(folder, fold, key, train_images, train_rows, test_images, amp_d
 
 def teacher_configs(workdir):
     """The config.json of each kept teacher's fold-0 unit (each holds every setting it trained with)."""
-    return [read_json(Path(workdir) / model / runfolder.fold_name(0) / runfolder.CONFIG_FILE, ("epochs",),
-                      runfolder.RERUN) for model, (weight, _) in kept_blend(workdir).items() if weight > 0]
+    return [read_json(Path(workdir) / unit / runfolder.CONFIG_FILE, ("epochs",), runfolder.RERUN)
+            for unit in blend_units(workdir, [0])[0]]
 
 
 def student_config(workdir, backbone, epochs, tta):
@@ -125,15 +120,10 @@ def distill(workdir, backbone=DEFAULT_BACKBONE, epochs=0, tta=DEFAULT_TTA, time_
         oof[saved["rows"]] = saved["probs"]
     summary = {"model": train.Unit(DISTILL_ROUND, backbone, 0, key=key).model, "backbone": backbone,
                "folds": n_folds, "epochs": cfg.epochs, "tta": tta, "teachers": teachers,
-               "oof_acc": accuracy(oof, labels), "ensemble_oof_acc": ensemble_oof(folder),
+               "oof_acc": accuracy(oof, labels), "ensemble_oof_acc": kept_oof_accuracy(workdir),
                "minutes": round((time.perf_counter() - started) / 60, 2)}
     write_json(folder.student_json, summary)
     return summary
-
-
-def ensemble_oof(folder):
-    summary = read_json(folder.ensemble_json, ("blends", "kept"))
-    return summary["blends"][summary["kept"]]["oof_acc"]
 
 
 def add_arguments(parser):
