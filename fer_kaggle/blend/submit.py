@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from fer_kaggle.core.atomic import save_csv
+from fer_kaggle.core.atomic import require_folder, save_csv
 from fer_kaggle.data.competition import NUM_CLASSES
 from fer_kaggle.core.errors import FerKaggleError
 
@@ -13,8 +13,7 @@ def check_out_path(path):
     """Refuse an output path that cannot be written, before any work starts."""
     if path.is_dir():
         raise FerKaggleError(f"{path}: is a folder; give the path of the CSV file to write")
-    if not path.parent.is_dir():
-        raise FerKaggleError(f"{path}: the folder {path.parent} does not exist; create it first")
+    require_folder(path)
     if not os.access(path.parent, os.W_OK):
         raise FerKaggleError(f"{path}: the folder {path.parent} is not writable")
     if path.is_file():  # e.g. `run.sh fer2013.csv test.csv` would otherwise overwrite the user's test.csv

@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fer_kaggle.core.errors import MACHINE_FAULTS, DamagedFile
+from fer_kaggle.core.errors import MACHINE_FAULTS, DamagedFile, FerKaggleError
+
+
+def require_folder(path):
+    """Stop before any work when the folder that `path` is to be written into does not exist."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FerKaggleError(f"{path}: the folder {path.parent} does not exist; create it first")
 
 
 @contextlib.contextmanager

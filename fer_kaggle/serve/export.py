@@ -22,7 +22,7 @@ import onnx
 import onnxruntime
 import torch
 
-from fer_kaggle.core.atomic import atomic_path
+from fer_kaggle.core.atomic import atomic_path, require_folder
 from fer_kaggle.data.competition import read_test
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.serve.inference import MODELS, load_ensemble
@@ -95,8 +95,7 @@ def max_difference(module, path, images, dtype):
 def _check_out(out):
     if out.is_dir():
         raise FerKaggleError(f"{out}: is a folder; give the path of the .onnx file to write")
-    if not out.parent.is_dir():
-        raise FerKaggleError(f"{out}: the folder {out.parent} does not exist; create it first")
+    require_folder(out)
 
 
 def export(workdir, out, unit=None, input_dtype="float32", tta=None, opset=None, model="ensemble"):

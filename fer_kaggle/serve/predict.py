@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fer_kaggle.core.atomic import atomic_path, save_csv
+from fer_kaggle.core.atomic import atomic_path, require_folder, save_csv
 from fer_kaggle.data.competition import CLASS_NAMES, IMAGE_SIZE
 from fer_kaggle.core.errors import FerKaggleError
 from fer_kaggle.data.folders import IMAGE_SUFFIXES, image_files
@@ -154,8 +154,8 @@ def face_line(row):
 def predict(paths, run="folds", out=None, annotate_dir=None, detect=True, min_face=40, batch_size=256,
             model="ensemble", detector=DEFAULT_DETECTOR):
     """Find, predict, write; returns (faces table, paths of the images without a face, number of images)."""
-    if out is not None and not Path(out).parent.is_dir():
-        raise FerKaggleError(f"{out}: the folder {Path(out).parent} does not exist; create it first")
+    if out is not None:
+        require_folder(out)
     if batch_size < 1 or min_face < 1:
         raise FerKaggleError("--batch-size and --min-face must be at least 1")
     module = load_ensemble(run, model=model)

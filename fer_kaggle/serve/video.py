@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from fer_kaggle.core.atomic import atomic_path, save_csv  # noqa: E402
+from fer_kaggle.core.atomic import atomic_path, require_folder, save_csv  # noqa: E402
 from fer_kaggle.core.errors import FerKaggleError  # noqa: E402
 from fer_kaggle.data.competition import CLASS_NAMES  # noqa: E402
 from fer_kaggle.serve import detect  # noqa: E402
@@ -314,8 +314,8 @@ def plot(timeline, path):
 def check_outputs(out, annotate, plot_path):
     """Stop before any work if an output cannot be written where it is asked for."""
     for path in (out, annotate, plot_path):
-        if path is not None and not Path(path).parent.is_dir():
-            raise FerKaggleError(f"{path}: the folder {Path(path).parent} does not exist; create it first")
+        if path is not None:
+            require_folder(path)
     if annotate is not None and Path(annotate).suffix.lower() not in WRITERS:
         raise FerKaggleError(f"--annotate {annotate}: an annotated video is written as {', '.join(WRITERS)}")
 
