@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from fer_kaggle.serve import detect
+from fer_kaggle.serve import detect, video
 
 PORTRAITS = {  # name: (BGR photo, where the face is: x, y, w, h, by eye)
     "astronaut": (lambda: cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (175, 60, 95, 115)),
@@ -62,14 +62,8 @@ def test_each_detector_frames_fer_faces_as_fer2013_did(demo_train, name):
                                                                interpolation=cv2.INTER_CUBIC)
         squares = detector(picture)
         if squares:
-            overlaps.append(max(_iou(s, (pad, pad, side, side)) for s in squares))
+            overlaps.append(max(video.iou(s, (pad, pad, side, side)) for s in squares))
     assert len(overlaps) >= 20 and np.median(overlaps) >= 0.75, overlaps
-
-
-def _iou(a, b):
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
 def test_a_large_photo_is_searched_shrunk_and_answered_in_its_own_pixels(mtcnn):

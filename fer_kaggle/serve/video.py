@@ -37,6 +37,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from fer_kaggle.core.atomic import atomic_path, require_folder, save_csv  # noqa: E402
 from fer_kaggle.core.errors import FerKaggleError  # noqa: E402
 from fer_kaggle.data.competition import CLASS_NAMES  # noqa: E402
+from fer_kaggle.data.folders import IMAGE_SUFFIXES  # noqa: E402
 from fer_kaggle.serve import detect  # noqa: E402
 from fer_kaggle.serve.inference import predict_crops  # noqa: E402
 
@@ -209,7 +210,6 @@ def draw(image, faces, fps=None):
 
 def is_video(path):
     """A video's suffix, or a file whose suffix is no image's (OpenCV's FFmpeg then says whether it reads it)."""
-    from fer_kaggle.data.folders import IMAGE_SUFFIXES
     path = Path(path)
     suffix = path.suffix.lower()
     return suffix in VIDEO_SUFFIXES or (path.is_file() and suffix not in IMAGE_SUFFIXES)
