@@ -477,9 +477,11 @@ class Keeper:
     When a unit starts it gets its share of the time left (its planned cost over that of every unit not yet
     finished, at the speed measured so far), as epochs: fewer when the machine turned out slower (a busy
     laptop), more up to the table's most when faster. The share never eats into the least the other units
-    need (an epoch and their fewest TTA views each). After each epoch, if the unit's epochs no longer fit
-    its share, it ends earlier and its LR schedule is refitted to reach 0 there; if its prediction still
-    does not fit, it predicts with fewer TTA views. Settings the command line gave are never changed.
+    need (an epoch and their fewest TTA views each). After each epoch the unit's epochs are fitted again to
+    what is left of its share at the speed of its last epochs: fewer while the machine is slower, and back
+    up to its starting epochs when the slowdown passes (a competing process that ended), its LR schedule
+    refitted to reach 0 at the new end each time; if its prediction still does not fit, it predicts with
+    fewer TTA views. Settings the command line gave are never changed.
     `record` collects what it decided (plan.json), so the run can be replayed.
     """
 
@@ -487,7 +489,7 @@ class Keeper:
         self.plan, self.work, self.end, self.record = plan, work, end, record
         self.pending = {unit.name: unit for unit in units}   # not finished
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
-        self.unit_end = None
+        self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
 
     def _slowness(self, unit):
         return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
@@ -522,7 +524,7 @@ class Keeper:
         mine = self._cost(unit, planned - done)
         share = left * mine / max(1e-9, mine + sum(self._cost(u, self.plan.epochs[u.backbone]) for u in others))
         share = min(share, self._latest_end(unit) - time.monotonic())
-        self.unit_end = time.monotonic() + share
+        self.share_end = time.monotonic() + share
         if done:
             return planned  # its schedule is under way: after_epoch moves its end if it must
         fits = math.floor((share - self._predict_seconds(unit)) / self._epoch_seconds(unit))
@@ -531,30 +533,33 @@ class Keeper:
         return epochs
 
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
-        """The epoch a unit must now end at, after its epoch `epoch` (never more than `planned`)."""
+        """The epoch a unit must now end at, after its epoch `epoch`: fewer than `planned` while the machine
+        is slower than its share assumed, more again (up to its starting epochs) once it is not."""
         # the median of the last three epochs, unless the last was slower: a slowdown counts at once (a
         # competing process), a single fast epoch does not
         recent = max(float(np.median(epoch_seconds[-3:])), epoch_seconds[-1])
         ratio = recent / self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
         self.slowness[unit.backbone] = self.slowness["last"] = ratio
         entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
-        if "epochs" in self.plan.explicit or self.unit_end is None or epoch >= planned:
+        if "epochs" in self.plan.explicit or self.share_end is None or epoch >= planned:
             return planned
         # a slowdown makes the units not started need more too: their least comes out of this unit's share
-        # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
-        self.unit_end = min(self.unit_end, self._latest_end(unit))
-        left = self.unit_end - time.monotonic() - self._predict_seconds(unit)
-        wanted = min(planned, epoch + max(1, math.floor(left / recent)))
+        # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes). Both ends are computed afresh
+        # each epoch, from the share fixed at the start, so the time a passing slowdown took comes back.
+        left = min(self.share_end, self._latest_end(unit)) - time.monotonic() - self._predict_seconds(unit)
+        most = max(planned, entry["start"] or planned)
+        wanted = min(most, epoch + max(1, math.floor(left / recent)))
         if wanted != planned:
             entry["refits"].append([epoch, wanted])
         return wanted
 
     def views(self, unit, every):
         """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
-        if "tta" in self.plan.explicit or self.unit_end is None or every <= 1:
+        if "tta" in self.plan.explicit or self.share_end is None or every <= 1:
             return every
         per_view = self._predict_seconds(unit) / self.work.views
-        fits = math.floor((self.unit_end - time.monotonic()) / max(1e-9, per_view))
+        unit_end = min(self.share_end, self._latest_end(unit))
+        fits = math.floor((unit_end - time.monotonic()) / max(1e-9, per_view))
         count = max(min(every, self.work.fewest_views), min(every, fits))
         if count < every:
             self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
