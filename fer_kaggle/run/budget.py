@@ -478,9 +478,9 @@ class Keeper:
     finished, at the speed measured so far), as epochs: fewer when the machine turned out slower (a busy
     laptop), more up to the table's most when faster. The share never eats into the least the other units
     need (an epoch and their fewest TTA views each). After each epoch the unit's epochs are fitted again to
-    what is left of its share at the speed of its last epochs: fewer while the machine is slower, and back
-    up to its starting epochs when the slowdown passes (a competing process that ended), its LR schedule
-    refitted to reach 0 at the new end each time; if its prediction still does not fit, it predicts with
+    what is left of its share at the speed of its last epochs: fewer while the machine is slower, and more
+    again (up to the table's most) when a slowdown passes (a competing process that ended) or a unit that
+    started at a slow moment runs faster, its LR schedule refitted to reach 0 at the new end each time; if its prediction still does not fit, it predicts with
     fewer TTA views. Settings the command line gave are never changed.
     `record` collects what it decided (plan.json), so the run can be replayed.
     """
@@ -534,7 +534,7 @@ class Keeper:
 
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
         """The epoch a unit must now end at, after its epoch `epoch`: fewer than `planned` while the machine
-        is slower than its share assumed, more again (up to its starting epochs) once it is not."""
+        is slower than its share assumed, more (up to the table's most) while it is faster."""
         # the median of the last three epochs, unless the last was slower: a slowdown counts at once (a
         # competing process), a single fast epoch does not
         recent = max(float(np.median(epoch_seconds[-3:])), epoch_seconds[-1])
@@ -547,8 +547,7 @@ class Keeper:
         # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes). Both ends are computed afresh
         # each epoch, from the share fixed at the start, so the time a passing slowdown took comes back.
         left = min(self.share_end, self._latest_end(unit)) - time.monotonic() - self._predict_seconds(unit)
-        most = max(planned, entry["start"] or planned)
-        wanted = min(most, epoch + max(1, math.floor(left / recent)))
+        wanted = min(self.plan.most[unit.backbone], epoch + max(1, math.floor(left / recent)))
         if wanted != planned:
             entry["refits"].append([epoch, wanted])
         return wanted
