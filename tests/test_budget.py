@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
+from fer_kaggle.bench.keeper import READING_SECONDS, SimulatedMachine, simulate
 from fer_kaggle.run import budget
 from fer_kaggle.training import recipe, train
 from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
@@ -227,21 +228,12 @@ def test_a_unit_behind_its_time_predicts_with_fewer_views_the_plain_image_and_it
 
 # ---------------------------------------------------------------- keeping to it: a controlled clock
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_a_slowdown_mid_run_shrinks_only_what_has_not_finished(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
+def test_a_slowdown_mid_run_shrinks_only_what_has_not_finished():
+    clock = SimulatedMachine()
     work = fer2013_work(4.7)  # an AVX2 machine: the hour holds less than the table's most epochs
     plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * 60, 60)
     units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={})
+    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={}, clock=clock)
     first, second, third = units[:3]
     seconds = work.epoch_seconds(first.backbone)
 
@@ -270,13 +262,12 @@ def test_a_slowdown_mid_run_shrinks_only_what_has_not_finished(monkeypatch):
     assert epochs3 < plan.epochs[third.backbone], "the units not started get fewer epochs at the slower speed"
 
 
-def test_a_faster_machine_gives_later_units_more_epochs_up_to_the_tables_most(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
+def test_a_faster_machine_gives_later_units_more_epochs_up_to_the_tables_most():
+    clock = SimulatedMachine()
     work = fer2013_work(4.7)  # planned as on an AVX2 machine ...
     plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * 60, 60)
     units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={})
+    keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={}, clock=clock)
     unit = units[0]
     epochs = keeper.start(unit, plan.epochs[unit.backbone], done=0)
     fast = work.epoch_seconds(unit.backbone) / 4.7  # ... that runs at the AVX-512-BF16 speed
@@ -358,103 +349,57 @@ def test_a_recorded_plan_replayed_gives_the_same_submission_bytes(tmp_path, caps
     assert _trained_epochs(tmp_path / "replay") == _trained_epochs(tmp_path / "original")
 
 
-def _keep_a_run(keeper, plan, work, units, clock, slower_after, factor, faster_again=float("inf")):
-    """Every unit through the keeper as train_unit drives it (after_epoch after every epoch, the last too), on
-    a clock whose machine is `factor` times slower from `slower_after` until `faster_again`, switching
-    mid-epoch as a real competitor would; (seconds it took, {unit: (epochs, views)})."""
-    begun, done = clock.now, {}
-
-    def spend(seconds):  # `seconds` of work at the machine's own speed: slower inside the slow window
-        started = clock.now
-        while seconds > 1e-9:
-            slow = slower_after <= clock.now < faster_again
-            edge = faster_again if slow else (slower_after if clock.now < slower_after else float("inf"))
-            rate = 1 / factor if slow else 1.0  # work done per second
-            step = min(seconds / rate, edge - clock.now)
-            clock.now += step
-            seconds -= step * rate
-        return clock.now - started
-
-    for unit in units:
-        planned = keeper.start(unit, plan.epochs[unit.backbone], done=0)
-        history, epoch = [], 0
-        while epoch < planned:
-            history.append(spend(work.epoch_seconds(unit.backbone)))
-            epoch += 1
-            wanted = keeper.after_epoch(unit, epoch, planned, history)
-            if epoch < planned:
-                planned = max(epoch + 1, wanted)
-        views = keeper.views(unit, work.views)
-        spend(work.predict_seconds(unit.backbone) * views / work.views)
-        keeper.finished(unit)
-        done[unit.name] = (planned, views)
-    return clock.now - begun, done
-
-
 @pytest.mark.parametrize("minutes, half_way", [(15, 0.5), (15, 0.55), (15, 0.6), (15, 0.7), (60, 0.5)])
-def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(monkeypatch, minutes, half_way):
+def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(minutes, half_way):
     """Two competing processes on two cores make every step about 3.5 times slower (torch's threads wait on
     each other; BENCHMARKS.md). The keeper counts a slow epoch at once, takes the least the units not started
     need at that speed out of the running unit's share, and cuts views when behind, so the run still ends
     within 10% of its budget. (The same run at 15 minutes once took 1.12 of it: the slowdown of a unit's last
     epoch went unseen and the last unit predicted with views it had no time for.)"""
-    clock = Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
     work = fer2013_work(35.5 * 1430 / 19139)  # float32 on this machine: 35.5 s an epoch of fer_vgg_cpu
-    reading = 20  # seconds: the files, the shift check and the folds, before the plan
-    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * minutes - reading, minutes)
-    units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    keeper = Keeper(plan, work, units, end=clock.now + 60 * minutes - reading, record={})
-    seconds, done = _keep_a_run(keeper, plan, work, units, clock, clock.now + half_way * 60 * minutes - reading,
-                                factor=3.5)
-    assert reading + seconds + 10 <= 60 * minutes * 1.10, done  # 10 s: the ensemble and the submission
+    slow_from = 1000.0 + half_way * 60 * minutes - READING_SECONDS
+    share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, SimulatedMachine(slow_from, 3.5))
+    assert share <= 1.10, done
     assert min(views for _, views in done.values()) >= work.fewest_views
-    steady = Keeper(plan, work, units, end=clock.now + 60 * minutes, record={})
-    seconds, done = _keep_a_run(steady, plan, work, units, clock, clock.now + 1e9, factor=1)
-    assert 60 * minutes * 0.9 <= seconds <= 60 * minutes, "at the measured speed the plan fills its budget"
+    share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, SimulatedMachine())
+    assert 0.9 <= share <= 1.0, "at the measured speed the plan fills its budget"
     assert all(views == work.views for _, views in done.values()), "and keeps every TTA view"
 
 
 @pytest.mark.parametrize("competitor_from", [0.2, 0.6, 2 / 3 + 1 / 30])
-def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(monkeypatch, competitor_from):
+def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(competitor_from):
     """Two minutes of a competing process (the session's own test run, BENCHMARKS.md: a --budget 30 run whose
     last unit was cut from 28 to 11 epochs and ended 3.3 minutes early), at 0.2 or 0.6 of a 30-minute budget
     or a minute into the last unit: the running unit is shortened while the machine is slow, and grows again
     when it is free; a unit that started at the slow speed grows once it runs faster. So the run ends within
     5% of its budget, on either side (the keeper before ended 8-28% early here: BENCHMARKS.md)."""
-    clock = Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
-    work = fer2013_work()
-    minutes = 30
-    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * minutes, minutes)
-    units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    keeper = Keeper(plan, work, units, end=clock.now + 60 * minutes, record={})
-    competitor = clock.now + 60 * minutes * competitor_from
-    seconds, done = _keep_a_run(keeper, plan, work, units, clock, competitor, factor=3.5,
-                                faster_again=competitor + 120)
-    assert 0.95 * 60 * minutes <= seconds <= 60 * minutes, (done, keeper.record)
-    assert all(epochs <= plan.most[unit.backbone] for unit in units for epochs, _ in [done[unit.name]])
+    work, minutes = fer2013_work(), 30
+    slow_from = 1000.0 + competitor_from * 60 * minutes - READING_SECONDS
+    share, done, record = simulate(CPU, work, Table.for_preset("cpu"), minutes,
+                                   SimulatedMachine(slow_from, 3.5, slow_from + 120))
+    assert 0.95 <= share <= 1.0, (done, record)
+    most = Table.for_preset("cpu").most_epochs("fer_vgg_cpu")
+    assert all(epochs <= most for epochs, _ in done.values())
     if competitor_from > 2 / 3:  # the last unit: it alone can give the time back
-        last = units[-1]
-        refits = keeper.record[last.name]["refits"]
-        assert min(wanted for _, wanted in refits) < keeper.record[last.name]["start"], "shortened while slow"
-        lost = 120 * (1 - 1 / 3.5) / work.epoch_seconds(last.backbone)  # the epochs' worth the competitor took
-        assert done[last.name][0] >= keeper.record[last.name]["start"] - math.ceil(lost) - 1, (refits, done)
+        last = list(done)[-1]
+        refits = record[last]["refits"]
+        assert min(wanted for _, wanted in refits) < record[last]["start"], "shortened while slow"
+        lost = 120 * (1 - 1 / 3.5) / work.epoch_seconds("fer_vgg_cpu")  # the epochs' worth the competitor took
+        assert done[last][0] >= record[last]["start"] - math.ceil(lost) - 1, (refits, done)
 
 
-def test_views_given_on_the_command_line_are_never_cut(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(budget.time, "monotonic", clock)
+def test_views_given_on_the_command_line_are_never_cut():
+    clock = SimulatedMachine()
     work = fer2013_work()
     plan = make_plan(CPU, {"tta"}, work, Table.for_preset("cpu"), 15 * 60, 15)
     assert plan.explicit == ("tta",)
     unit = Unit(0, plan.backbones[0], 0)
-    keeper = Keeper(plan, work, [unit], end=clock.now + 15 * 60, record={})
+    keeper = Keeper(plan, work, [unit], end=clock.now + 15 * 60, record={}, clock=clock)
     keeper.start(unit, plan.epochs[unit.backbone], done=0)
     clock.now += 3600  # far behind
     assert keeper.views(unit, 10) == 10
     unplanned = Keeper(make_plan(CPU, set(), work, Table.for_preset("cpu"), 15 * 60, 15), work, [unit],
-                       end=clock.now + 15 * 60, record={})
+                       end=clock.now + 15 * 60, record={}, clock=clock)
     unplanned.start(unit, 5, done=0)
     clock.now += 3600
     assert unplanned.views(unit, 10) == 2 and unplanned.record[unit.name]["views"] == 2

@@ -38,7 +38,7 @@ import pandas as pd
 
 import torch
 
-from fer_kaggle.bench import serving
+from fer_kaggle.bench import keeper, serving
 from fer_kaggle.bench.chaos import chaos
 from fer_kaggle.bench.selfcheck import run_selfcheck
 from fer_kaggle.bench.speed import (FER2013_TEST_ROWS, FER2013_TRAIN_ROWS, device_name, median_seconds,
@@ -243,8 +243,9 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
     print(f"wrote {out} ({platform.node()})")
 
 
-def bench_budget(preset, device_choice, amp="auto"):
-    """What each budget buys on this machine: the plan and its predicted OOF for FER2013's full files."""
+def _fer2013_work_here(preset, device_choice, amp, what):
+    """(cfg, Work, Table) of a run on FER2013's full files at this machine's speeds (timed on the bundled
+    sample's real faces, or this machine's cache), after a line saying so."""
     cfg = PRESETS[preset].replace(device=device_choice, amp=amp)
     device = resolve_device(cfg.device)
     images, labels = read_train(inputs.DEMO_TRAIN)  # real faces to time on; the sizes are FER2013's
@@ -252,11 +253,28 @@ def bench_budget(preset, device_choice, amp="auto"):
     speeds, how = measure_speeds(cfg, table.arms(cfg.backbones), images, labels, device)
     work = work_for(cfg, FER2013_TRAIN_ROWS, FER2013_TEST_ROWS, speeds)
     dtype = str(autocast_dtype(cfg.amp, device) or torch.float32).removeprefix("torch.")
-    print(f"what a budget buys with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
+    print(f"{what} with preset {preset} on the full FER2013 files ({FER2013_TRAIN_ROWS:,} train, "
           f"{FER2013_TEST_ROWS:,} test rows), on {machine_name()}, {dtype}; speeds: {how}")
     for backbone, speed in speeds.items():
         print(f"  {backbone}: {work.epoch_seconds(backbone):.1f} s an epoch, {work.predict_seconds(backbone):.0f} s "
               f"of TTA a unit ({1 / speed.train:,.0f} training images/s)")
+    return cfg, work, table
+
+
+def bench_keeper(preset, device_choice, amp, budgets, factor, window_seconds):
+    """The keeper on a simulated machine at this machine's speeds: each budget with a competitor from several
+    moments (bench/keeper.py)."""
+    cfg, work, table = _fer2013_work_here(preset, device_choice, amp, "the keeper against a competitor")
+    for minutes in budgets:
+        keeper.print_sweep(cfg, work, table, minutes, factor, window_seconds, KEEPER_MOMENTS)
+
+
+KEEPER_MOMENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def bench_budget(preset, device_choice, amp="auto"):
+    """What each budget buys on this machine: the plan and its predicted OOF for FER2013's full files."""
+    cfg, work, table = _fer2013_work_here(preset, device_choice, amp, "what a budget buys")
     for minutes, plan in curve(cfg, work, table):
         if isinstance(plan, str):
             print(f"{minutes:>4} min: {plan}")
@@ -364,6 +382,18 @@ def add_arguments(parser):
     budget_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     budget_parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                                help="off: float32, as on a CPU without native bf16 (most laptops)")
+    keeper_parser = sub.add_parser("keeper", help="the budget's keeper through whole runs on a simulated machine "
+                                   "at this machine's speeds, a competitor slowing it from several moments: each "
+                                   "run's time as a share of its budget")
+    keeper_parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    keeper_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    keeper_parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    keeper_parser.add_argument("--budgets", type=lambda text: [float(m) for m in text.split(",")], default=[30, 60],
+                               help="minutes, comma-separated (default 30,60)")
+    keeper_parser.add_argument("--factor", type=float, default=3.5, help="how much slower the competitor makes the "
+                               "machine (default 3.5: two competing processes on two cores, BENCHMARKS.md)")
+    keeper_parser.add_argument("--seconds", type=float, default=120, help="how long it stays (default 120; 0: "
+                               "to the end)")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     gpu = sub.add_parser("gpu", help="the GPU self-check (about 2 minutes): augmentation paths, syncs per step, a "
@@ -435,6 +465,9 @@ def command(args):
         return 0
     if args.bench == "budget":
         bench_budget(args.preset, args.device, args.amp)
+        return 0
+    if args.bench == "keeper":
+        bench_keeper(args.preset, args.device, args.amp, args.budgets, args.factor, args.seconds or float("inf"))
         return 0
     if args.bench == "recipe":
         cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,

@@ -482,11 +482,12 @@ class Keeper:
     again (up to the table's most) when a slowdown passes (a competing process that ended) or a unit that
     started at a slow moment runs faster, its LR schedule refitted to reach 0 at the new end each time; if its prediction still does not fit, it predicts with
     fewer TTA views. Settings the command line gave are never changed.
-    `record` collects what it decided (plan.json), so the run can be replayed.
+    `record` collects what it decided (plan.json), so the run can be replayed. `clock`: seconds, as
+    time.monotonic (`bench keeper` runs the keeper on a simulated machine's clock).
     """
 
-    def __init__(self, plan, work, units, end, record):
-        self.plan, self.work, self.end, self.record = plan, work, end, record
+    def __init__(self, plan, work, units, end, record, clock=time.monotonic):
+        self.plan, self.work, self.end, self.record, self.clock = plan, work, end, record, clock
         self.pending = {unit.name: unit for unit in units}   # not finished
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
@@ -519,12 +520,12 @@ class Keeper:
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
             return planned
-        left = self.end - time.monotonic() - RESERVE_SECONDS
+        left = self.end - self.clock() - RESERVE_SECONDS
         others = [u for name, u in self.pending.items() if name != unit.name]
         mine = self._cost(unit, planned - done)
         share = left * mine / max(1e-9, mine + sum(self._cost(u, self.plan.epochs[u.backbone]) for u in others))
-        share = min(share, self._latest_end(unit) - time.monotonic())
-        self.share_end = time.monotonic() + share
+        share = min(share, self._latest_end(unit) - self.clock())
+        self.share_end = self.clock() + share
         if done:
             return planned  # its schedule is under way: after_epoch moves its end if it must
         fits = math.floor((share - self._predict_seconds(unit)) / self._epoch_seconds(unit))
@@ -546,7 +547,7 @@ class Keeper:
         # a slowdown makes the units not started need more too: their least comes out of this unit's share
         # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes). Both ends are computed afresh
         # each epoch, from the share fixed at the start, so the time a passing slowdown took comes back.
-        left = min(self.share_end, self._latest_end(unit)) - time.monotonic() - self._predict_seconds(unit)
+        left = min(self.share_end, self._latest_end(unit)) - self.clock() - self._predict_seconds(unit)
         wanted = min(self.plan.most[unit.backbone], epoch + max(1, math.floor(left / recent)))
         if wanted != planned:
             entry["refits"].append([epoch, wanted])
@@ -558,7 +559,7 @@ class Keeper:
             return every
         per_view = self._predict_seconds(unit) / self.work.views
         unit_end = min(self.share_end, self._latest_end(unit))
-        fits = math.floor((unit_end - time.monotonic()) / max(1e-9, per_view))
+        fits = math.floor((unit_end - self.clock()) / max(1e-9, per_view))
         count = max(min(every, self.work.fewest_views), min(every, fits))
         if count < every:
             self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count

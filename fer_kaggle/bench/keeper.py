@@ -1,0 +1,90 @@
+"""`bench keeper`: the budget's Keeper driven through whole runs on a simulated machine.
+
+A real run takes an hour and its competing processes come when they come; here the Keeper meets the same
+calls train.train_unit makes (start, after_epoch after every epoch, the last too, views, finished) on a
+clock that advances by the planned work, with a competitor that slows the machine for a while. It prints
+the whole run as a share of its budget for competitors at several moments: what BENCHMARKS.md's sweeps
+are, and what tests/test_budget.py holds the keeper to.
+"""
+from dataclasses import dataclass
+
+from fer_kaggle.run.budget import Keeper, make_plan
+from fer_kaggle.training.train import Unit
+
+READING_SECONDS = 20  # the files, the shift check and the folds, before the plan
+ENSEMBLE_SECONDS = 10  # the ensemble and the submission, after the last unit
+
+
+@dataclass
+class SimulatedMachine:
+    """A clock (call it for the time) on a machine that is `factor` times slower from `slow_from` until
+    `slow_until`: a competing process, switching mid-epoch as a real one would."""
+    slow_from: float = float("inf")
+    factor: float = 1.0
+    slow_until: float = float("inf")
+    now: float = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def spend(self, seconds):
+        """Do `seconds` of work at the machine's own speed (slower inside the slow window); the seconds it took."""
+        started = self.now
+        while seconds > 1e-9:
+            slow = self.slow_from <= self.now < self.slow_until
+            edge = self.slow_until if slow else (self.slow_from if self.now < self.slow_from else float("inf"))
+            rate = 1 / self.factor if slow else 1.0  # work done per second
+            step = min(seconds / rate, edge - self.now)
+            self.now += step
+            seconds -= step * rate
+        return self.now - started
+
+
+def keep_a_run(keeper, plan, work, units, machine):
+    """Every unit through `keeper` as train_unit drives it; (seconds it took, {unit name: (epochs, views)})."""
+    begun, done = machine.now, {}
+    for unit in units:
+        planned = keeper.start(unit, plan.epochs[unit.backbone], done=0)
+        history, epoch = [], 0
+        while epoch < planned:
+            history.append(machine.spend(work.epoch_seconds(unit.backbone)))
+            epoch += 1
+            wanted = keeper.after_epoch(unit, epoch, planned, history)
+            if epoch < planned:
+                planned = max(epoch + 1, wanted)  # as train._repace: never before the epoch under way ends
+        views = keeper.views(unit, work.views)
+        machine.spend(work.predict_seconds(unit.backbone) * views / work.views)
+        keeper.finished(unit)
+        done[unit.name] = (planned, views)
+    return machine.now - begun, done
+
+
+def simulate(cfg, work, table, minutes, machine):
+    """A whole budgeted run of `cfg` on `machine`: (its seconds as a share of the budget, {unit: (epochs,
+    views)}, the keeper's record), planned after READING_SECONDS as a real run is."""
+    seconds_left = 60 * minutes - READING_SECONDS
+    plan = make_plan(cfg, set(), work, table, seconds_left, minutes)
+    units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(cfg.folds)]
+    keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine)
+    seconds, done = keep_a_run(keeper, plan, work, units, machine)
+    return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
+
+
+def sweep(cfg, work, table, minutes, factor, window_seconds, moments):
+    """[(moment, share of the budget, epochs in all)]: a competitor `factor` times slower for `window_seconds`
+    from each moment (a share of the budget); window_seconds=inf: it never leaves."""
+    rows = []
+    for moment in moments:
+        start = 1000.0 + moment * 60 * minutes - READING_SECONDS
+        machine = SimulatedMachine(start, factor, start + window_seconds, now=1000.0)
+        share, done, _ = simulate(cfg, work, table, minutes, machine)
+        rows.append((moment, share, sum(epochs for epochs, _ in done.values())))
+    return rows
+
+
+def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments):
+    window = "until the end" if window_seconds == float("inf") else f"for {window_seconds:g} s"
+    print(f"--budget {minutes:g}: a competitor making the machine {factor:g} times slower {window}, from a share "
+          f"of the budget; the whole run as a share of it (epochs of all units)")
+    for moment, share, epochs in sweep(cfg, work, table, minutes, factor, window_seconds, moments):
+        print(f"  from {moment:.2f}: {share:.2f} ({epochs})")
