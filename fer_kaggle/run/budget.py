@@ -42,6 +42,8 @@ PROBE_STEPS = 3
 PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints, with a margin
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
+GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise does not refit it back and
+                          # forth (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it)
 PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
 KEPT = ("tta",)           # a setting the Keeper may lower when the run falls behind (fewer views), unless given
 BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
@@ -548,7 +550,13 @@ class Keeper:
         # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes). Both ends are computed afresh
         # each epoch, from the share fixed at the start, so the time a passing slowdown took comes back.
         left = min(self.share_end, self._latest_end(unit)) - self.clock() - self._predict_seconds(unit)
-        wanted = min(self.plan.most[unit.backbone], epoch + max(1, math.floor(left / recent)))
+        fits = left / recent  # epochs that fit after this one
+        if epoch + fits < planned:  # behind: end earlier at once
+            wanted = epoch + max(1, math.floor(fits))
+        elif epoch + fits >= planned + 1 + GROW_SLACK:  # ahead by more than an epoch and the slack: grow
+            wanted = min(self.plan.most[unit.backbone], epoch + math.floor(fits - GROW_SLACK))
+        else:  # within the slack: as it is (an epoch's noise would refit it back and forth)
+            wanted = planned
         if wanted != planned:
             entry["refits"].append([epoch, wanted])
         return wanted
