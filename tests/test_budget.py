@@ -3,7 +3,6 @@
 The planner's tests use the shipped table and FER2013's real sizes; the training tests use real rows
 of the bundled sample. No test times anything: a controlled clock stands in for the machine's speed.
 """
-import itertools
 import json
 import math
 import re
@@ -387,29 +386,6 @@ def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(competito
         assert min(wanted for _, wanted in refits) < record[last]["start"], "shortened while slow"
         lost = 120 * (1 - 1 / 3.5) / work.epoch_seconds("fer_vgg_cpu")  # the epochs' worth the competitor took
         assert done[last][0] >= record[last]["start"] - math.ceil(lost) - 1, (refits, done)
-
-
-def test_an_epochs_noise_does_not_refit_a_unit_back_and_forth():
-    """Epochs a few percent faster and slower than measured, in turn (a real machine): the unit may end
-    earlier when behind, but it does not grow back by an epoch and shrink again each time (the emulated AVX2
-    hour refitted one unit 15, 14, 15, 14 before GROW_SLACK)."""
-    work = fer2013_work()
-    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 30 * 60, 30)
-    units = [Unit(0, b, fold) for b in plan.backbones for fold in range(3)]
-    clock = SimulatedMachine()
-    keeper = Keeper(plan, work, units, end=clock.now + 30 * 60, record={}, clock=clock)
-    unit, noise = units[0], itertools.cycle([1.03, 0.97, 1.02, 0.98, 1.04, 0.96])
-    planned = keeper.start(unit, plan.epochs[unit.backbone], done=0)
-    assert planned < plan.most[unit.backbone], "its share, not the table's most, sets its epochs"
-    history, epoch = [], 0
-    while epoch < planned:
-        history.append(clock.spend(work.epoch_seconds(unit.backbone) * next(noise)))
-        epoch += 1
-        wanted = keeper.after_epoch(unit, epoch, planned, history)
-        if epoch < planned:
-            planned = max(epoch + 1, wanted)
-    ends = [wanted for _, wanted in keeper.record[unit.name]["refits"]]
-    assert ends == sorted(ends, reverse=True) and len(ends) <= 2, ends
 
 
 def test_views_given_on_the_command_line_are_never_cut():
