@@ -42,8 +42,9 @@ PROBE_STEPS = 3
 PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints, with a margin
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
-GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise does not refit it back and
-                          # forth (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it)
+GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise refits it back and forth
+                          # less often (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it;
+                          # +-4% noise an epoch still does it: BENCHMARKS.md)
 PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
 KEPT = ("tta",)           # a setting the Keeper may lower when the run falls behind (fewer views), unless given
 BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
