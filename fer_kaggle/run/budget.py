@@ -483,8 +483,9 @@ class Keeper:
     need (an epoch and their fewest TTA views each). After each epoch the unit's epochs are fitted again to
     what is left of its share at the speed of its last epochs: fewer while the machine is slower, and more
     again (up to the table's most) when a slowdown passes (a competing process that ended) or a unit that
-    started at a slow moment runs faster, its LR schedule refitted to reach 0 at the new end each time; if its prediction still does not fit, it predicts with
-    fewer TTA views. Settings the command line gave are never changed.
+    started at a slow moment runs faster, its LR schedule refitted to reach 0 at the new end each time; if
+    its prediction still does not fit, it predicts with fewer TTA views. Settings the command line gave are
+    never changed.
     `record` collects what it decided (plan.json), so the run can be replayed. `clock`: seconds, as
     time.monotonic (`bench keeper` runs the keeper on a simulated machine's clock).
     """
@@ -519,6 +520,12 @@ class Keeper:
         others = sum(self._least(u) for name, u in self.pending.items() if name != unit.name)
         return self.end - RESERVE_SECONDS - others
 
+    def _unit_end(self, unit):
+        """When the running unit must be done: its share fixed at its start, or earlier when the units not
+        started need more at the speed measured now. Computed afresh each time, so the time a passing
+        slowdown took comes back."""
+        return min(self.share_end, self._latest_end(unit))
+
     def start(self, unit, planned, done):
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
@@ -548,9 +555,8 @@ class Keeper:
         if "epochs" in self.plan.explicit or self.share_end is None or epoch >= planned:
             return planned
         # a slowdown makes the units not started need more too: their least comes out of this unit's share
-        # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes). Both ends are computed afresh
-        # each epoch, from the share fixed at the start, so the time a passing slowdown took comes back.
-        left = min(self.share_end, self._latest_end(unit)) - self.clock() - self._predict_seconds(unit)
+        # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
+        left = self._unit_end(unit) - self.clock() - self._predict_seconds(unit)
         fits = left / recent  # epochs that fit after this one
         if epoch + fits < planned:  # behind: end earlier at once
             wanted = epoch + max(1, math.floor(fits))
@@ -567,8 +573,7 @@ class Keeper:
         if "tta" in self.plan.explicit or self.share_end is None or every <= 1:
             return every
         per_view = self._predict_seconds(unit) / self.work.views
-        unit_end = min(self.share_end, self._latest_end(unit))
-        fits = math.floor((unit_end - self.clock()) / max(1e-9, per_view))
+        fits = math.floor((self._unit_end(unit) - self.clock()) / max(1e-9, per_view))
         count = max(min(every, self.work.fewest_views), min(every, fits))
         if count < every:
             self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
