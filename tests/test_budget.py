@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.bench.keeper import READING_SECONDS, SimulatedMachine, simulate
+from fer_kaggle.bench.keeper import SimulatedMachine, simulate, with_competitor
 from fer_kaggle.run import budget
 from fer_kaggle.training import recipe, train
 from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
@@ -357,8 +357,7 @@ def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(
     within 10% of its budget. (The same run at 15 minutes once took 1.12 of it: the slowdown of a unit's last
     epoch went unseen and the last unit predicted with views it had no time for.)"""
     work = fer2013_work(35.5 * 1430 / 19139)  # float32 on this machine: 35.5 s an epoch of fer_vgg_cpu
-    slow_from = 1000.0 + half_way * 60 * minutes - READING_SECONDS
-    share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, SimulatedMachine(slow_from, 3.5))
+    share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, with_competitor(minutes, half_way, 3.5))
     assert share <= 1.10, done
     assert min(views for _, views in done.values()) >= work.fewest_views
     share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, SimulatedMachine())
@@ -374,9 +373,8 @@ def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(competito
     when it is free; a unit that started at the slow speed grows once it runs faster. So the run ends within
     5% of its budget, on either side (the keeper before ended 8-28% early here: BENCHMARKS.md)."""
     work, minutes = fer2013_work(), 30
-    slow_from = 1000.0 + competitor_from * 60 * minutes - READING_SECONDS
     share, done, record = simulate(CPU, work, Table.for_preset("cpu"), minutes,
-                                   SimulatedMachine(slow_from, 3.5, slow_from + 120))
+                                   with_competitor(minutes, competitor_from, 3.5, seconds=120))
     assert 0.95 <= share <= 1.0, (done, record)
     most = Table.for_preset("cpu").most_epochs("fer_vgg_cpu")
     assert all(epochs <= most for epochs, _ in done.values())

@@ -266,10 +266,7 @@ def bench_keeper(preset, device_choice, amp, budgets, factor, window_seconds):
     moments (bench/keeper.py)."""
     cfg, work, table = _fer2013_work_here(preset, device_choice, amp, "the keeper against a competitor")
     for minutes in budgets:
-        keeper.print_sweep(cfg, work, table, minutes, factor, window_seconds, KEEPER_MOMENTS)
-
-
-KEEPER_MOMENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+        keeper.print_sweep(cfg, work, table, minutes, factor, window_seconds)
 
 
 def bench_budget(preset, device_choice, amp="auto"):

@@ -13,6 +13,7 @@ from fer_kaggle.training.train import Unit
 
 READING_SECONDS = 20  # the files, the shift check and the folds, before the plan
 ENSEMBLE_SECONDS = 10  # the ensemble and the submission, after the last unit
+MOMENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)  # when `bench keeper`'s competitor comes
 
 
 @dataclass
@@ -38,6 +39,15 @@ class SimulatedMachine:
             self.now += step
             seconds -= step * rate
         return self.now - started
+
+
+def with_competitor(minutes, moment, factor, seconds=float("inf")):
+    """A machine at the start of a simulated run (after READING_SECONDS), `factor` times slower for `seconds`
+    from `moment`, a share of a `minutes` budget counted from the run's start."""
+    machine = SimulatedMachine()
+    machine.slow_from = machine.now + moment * 60 * minutes - READING_SECONDS
+    machine.factor, machine.slow_until = factor, machine.slow_from + seconds
+    return machine
 
 
 def keep_a_run(keeper, plan, work, units, machine):
@@ -70,19 +80,17 @@ def simulate(cfg, work, table, minutes, machine):
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
 
 
-def sweep(cfg, work, table, minutes, factor, window_seconds, moments):
+def sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS):
     """[(moment, share of the budget, epochs in all)]: a competitor `factor` times slower for `window_seconds`
     from each moment (a share of the budget); window_seconds=inf: it never leaves."""
     rows = []
     for moment in moments:
-        start = 1000.0 + moment * 60 * minutes - READING_SECONDS
-        machine = SimulatedMachine(start, factor, start + window_seconds, now=1000.0)
-        share, done, _ = simulate(cfg, work, table, minutes, machine)
+        share, done, _ = simulate(cfg, work, table, minutes, with_competitor(minutes, moment, factor, window_seconds))
         rows.append((moment, share, sum(epochs for epochs, _ in done.values())))
     return rows
 
 
-def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments):
+def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS):
     window = "until the end" if window_seconds == float("inf") else f"for {window_seconds:g} s"
     print(f"--budget {minutes:g}: a competitor making the machine {factor:g} times slower {window}, from a share "
           f"of the budget; the whole run as a share of it (epochs of all units)")
