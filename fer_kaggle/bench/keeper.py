@@ -6,7 +6,8 @@ clock that advances by the planned work, with a competitor that slows the machin
 the whole run as a share of its budget for competitors at several moments: what BENCHMARKS.md's sweeps
 are, and what tests/test_budget.py holds the keeper to.
 """
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 from fer_kaggle.run.budget import Keeper, make_plan
 from fer_kaggle.training.train import Unit
@@ -19,11 +20,18 @@ MOMENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)  # when `ben
 @dataclass
 class SimulatedMachine:
     """A clock (call it for the time) on a machine that is `factor` times slower from `slow_from` until
-    `slow_until`: a competing process, switching mid-epoch as a real one would."""
+    `slow_until`: a competing process, switching mid-epoch as a real one would. `jitter`: each piece of work
+    takes up to that share longer or shorter, at random (`seed`): an epoch's noise on a shared machine."""
     slow_from: float = float("inf")
     factor: float = 1.0
     slow_until: float = float("inf")
     now: float = 1000.0
+    jitter: float = 0.0
+    seed: int = 0
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._random = random.Random(self.seed)
 
     def __call__(self):
         return self.now
@@ -31,6 +39,7 @@ class SimulatedMachine:
     def spend(self, seconds):
         """Do `seconds` of work at the machine's own speed (slower inside the slow window); the seconds it took."""
         started = self.now
+        seconds *= 1 + self._random.uniform(-self.jitter, self.jitter)
         while seconds > 1e-9:
             slow = self.slow_from <= self.now < self.slow_until
             edge = self.slow_until if slow else (self.slow_from if self.now < self.slow_from else float("inf"))

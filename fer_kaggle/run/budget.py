@@ -42,9 +42,10 @@ PROBE_STEPS = 3
 PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints, with a margin
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
-GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise refits it back and forth
-                          # less often (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it;
-                          # +-4% noise an epoch still does it: BENCHMARKS.md)
+SPEED_WINDOW = 5          # epochs whose mean speed plans the rest of a unit (noise averages out: BENCHMARKS.md)
+SLOWDOWN = 1.15           # an epoch this much slower than the ones before it: a competing process, not noise
+GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise does not refit it back and
+                          # forth (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it)
 PLANNED = ("backbones", "epochs", "pseudo")  # the settings a plan chooses, unless the command line gave them
 KEPT = ("tta",)           # a setting the Keeper may lower when the run falls behind (fewer views), unless given
 BUDGETS = (15, 30, 60, 120, 240)  # what `bench budget` and the report show
@@ -474,6 +475,18 @@ def work_for(cfg, train_rows, test_rows, speeds, held_out=None, side_by_side=1):
 
 # ---------------------------------------------------------------- keeping to it
 
+def recent_epoch_seconds(history, expected):
+    """What the epochs still to come will take, judged from those done (`history`, seconds each) and what an
+    epoch was `expected` to take as the unit started, which stands in for the epochs not yet run: the last
+    epoch alone when it was much slower than the ones before it (a competing process: counted at once, or
+    the unit overruns), else the mean of the last SPEED_WINDOW, so an epoch's noise (a few percent on a
+    shared machine) barely moves the estimate and a speed-up (a competitor gone) counts over a few epochs."""
+    window = ([expected] * SPEED_WINDOW + list(history))[-SPEED_WINDOW:]
+    if window[-1] > SLOWDOWN * float(np.median(window[:-1])):
+        return window[-1]
+    return float(np.mean(window))
+
+
 class Keeper:
     """Keeps a running plan to its end time: the `pace` of train.train_unit (units one at a time, here).
 
@@ -495,6 +508,7 @@ class Keeper:
         self.pending = {unit.name: unit for unit in units}   # not finished
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
+        self.expected = {}     # unit name -> its epoch seconds as it started (the speed measured before it)
 
     def _slowness(self, unit):
         return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
@@ -530,6 +544,7 @@ class Keeper:
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
             return planned
+        self.expected[unit.name] = self._epoch_seconds(unit)
         left = self.end - self.clock() - RESERVE_SECONDS
         others = [u for name, u in self.pending.items() if name != unit.name]
         mine = self._cost(unit, planned - done)
@@ -546,9 +561,7 @@ class Keeper:
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
         """The epoch a unit must now end at, after its epoch `epoch`: fewer than `planned` while the machine
         is slower than its share assumed, more (up to the table's most) while it is faster."""
-        # the median of the last three epochs, unless the last was slower: a slowdown counts at once (a
-        # competing process), a single fast epoch does not
-        recent = max(float(np.median(epoch_seconds[-3:])), epoch_seconds[-1])
+        recent = recent_epoch_seconds(epoch_seconds, self.expected.get(unit.name, self._epoch_seconds(unit)))
         ratio = recent / self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
         self.slowness[unit.backbone] = self.slowness["last"] = ratio
         entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
