@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.bench.keeper import SimulatedMachine, simulate, with_competitor
+from fer_kaggle.bench.keeper import SimulatedMachine, back_and_forth, simulate, with_competitor
 from fer_kaggle.run import budget
 from fer_kaggle.training import recipe, train
 from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
@@ -391,17 +391,12 @@ def test_an_epochs_noise_does_not_refit_units_back_and_forth():
     speed of its last epochs, so a unit's end is not moved up and down by an epoch again and again (the
     keeper of 2026-12-07 did: 20 reversals a 30-minute run here, 40, 41, 40, 41 epochs), and the run still
     fills its budget. (Noise can still move an end twice in a long unit: at most one reversal in two units.)"""
-    def reversals(entry):
-        ends = [entry["start"]] + [wanted for _, wanted in entry["refits"]]
-        moves = [1 if later > earlier else -1 for earlier, later in zip(ends, ends[1:]) if later != earlier]
-        return sum(1 for a, b in zip(moves, moves[1:]) if a != b)
-
     runs = [simulate(CPU, fer2013_work(), Table.for_preset("cpu"), 30, SimulatedMachine(jitter=0.04, seed=seed))
             for seed in range(10)]
     assert all(0.95 <= share <= 1.0 for share, _, _ in runs)
-    entries = [entry for _, _, record in runs for entry in record.values()]
-    back_and_forth = sum(reversals(entry) for entry in entries)
-    assert back_and_forth <= len(entries) / 2, [record for _, _, record in runs]  # 11 of 30 units; before: 204
+    units = sum(len(record) for _, _, record in runs)
+    moved_back = sum(back_and_forth(record) for _, _, record in runs)
+    assert moved_back <= units / 2, [record for _, _, record in runs]  # 11 in 30 units; before: 204
 
 
 def test_views_given_on_the_command_line_are_never_cut():

@@ -261,12 +261,12 @@ def _fer2013_work_here(preset, device_choice, amp, what):
     return cfg, work, table
 
 
-def bench_keeper(preset, device_choice, amp, budgets, factor, window_seconds):
+def bench_keeper(preset, device_choice, amp, budgets, factor, window_seconds, jitter=0.0):
     """The keeper on a simulated machine at this machine's speeds: each budget with a competitor from several
     moments (bench/keeper.py)."""
     cfg, work, table = _fer2013_work_here(preset, device_choice, amp, "the keeper against a competitor")
     for minutes in budgets:
-        keeper.print_sweep(cfg, work, table, minutes, factor, window_seconds)
+        keeper.print_sweep(cfg, work, table, minutes, factor, window_seconds, jitter=jitter)
 
 
 def bench_budget(preset, device_choice, amp="auto"):
@@ -391,6 +391,8 @@ def add_arguments(parser):
                                "machine (default 3.5: two competing processes on two cores, BENCHMARKS.md)")
     keeper_parser.add_argument("--seconds", type=float, default=120, help="how long it stays (default 120; 0: "
                                "to the end)")
+    keeper_parser.add_argument("--jitter", type=float, default=0.0, help="each epoch up to this share faster or "
+                               "slower at random, as on a shared machine (default 0; 0.04: 4%%)")
     tree = sub.add_parser("tree", help="run a command; print its wall time and its process tree's peak memory")
     tree.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     gpu = sub.add_parser("gpu", help="the GPU self-check (about 2 minutes): augmentation paths, syncs per step, a "
@@ -464,7 +466,8 @@ def command(args):
         bench_budget(args.preset, args.device, args.amp)
         return 0
     if args.bench == "keeper":
-        bench_keeper(args.preset, args.device, args.amp, args.budgets, args.factor, args.seconds or float("inf"))
+        bench_keeper(args.preset, args.device, args.amp, args.budgets, args.factor, args.seconds or float("inf"),
+                     args.jitter)
         return 0
     if args.bench == "recipe":
         cfg = PRESETS[args.preset].replace(backbones=(args.backbone,), epochs=args.epochs, device=args.device,

@@ -50,13 +50,24 @@ class SimulatedMachine:
         return self.now - started
 
 
-def with_competitor(minutes, moment, factor, seconds=float("inf")):
+def with_competitor(minutes, moment, factor, seconds=float("inf"), jitter=0.0, seed=0):
     """A machine at the start of a simulated run (after READING_SECONDS), `factor` times slower for `seconds`
-    from `moment`, a share of a `minutes` budget counted from the run's start."""
-    machine = SimulatedMachine()
+    from `moment`, a share of a `minutes` budget counted from the run's start; `jitter`: each epoch's noise."""
+    machine = SimulatedMachine(jitter=jitter, seed=seed)
     machine.slow_from = machine.now + moment * 60 * minutes - READING_SECONDS
     machine.factor, machine.slow_until = factor, machine.slow_from + seconds
     return machine
+
+
+def back_and_forth(record):
+    """How often the keeper moved a unit's end back the way it had just moved it (40, 41, 40 epochs: twice),
+    over all the units of a run's record."""
+    count = 0
+    for entry in record.values():
+        ends = [entry["start"]] + [wanted for _, wanted in entry["refits"]]
+        moves = [later > earlier for earlier, later in zip(ends, ends[1:]) if later != earlier]
+        count += sum(1 for a, b in zip(moves, moves[1:]) if a != b)
+    return count
 
 
 def keep_a_run(keeper, plan, work, units, machine):
@@ -89,19 +100,23 @@ def simulate(cfg, work, table, minutes, machine):
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
 
 
-def sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS):
-    """[(moment, share of the budget, epochs in all)]: a competitor `factor` times slower for `window_seconds`
-    from each moment (a share of the budget); window_seconds=inf: it never leaves."""
+def sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS, jitter=0.0):
+    """[(moment, share of the budget, epochs in all, back-and-forth refits)]: a competitor `factor` times
+    slower for `window_seconds` from each moment (a share of the budget); window_seconds=inf: it never leaves.
+    `jitter`: each epoch up to that share faster or slower at random (a seed per moment)."""
     rows = []
-    for moment in moments:
-        share, done, _ = simulate(cfg, work, table, minutes, with_competitor(minutes, moment, factor, window_seconds))
-        rows.append((moment, share, sum(epochs for epochs, _ in done.values())))
+    for seed, moment in enumerate(moments):
+        machine = with_competitor(minutes, moment, factor, window_seconds, jitter, seed)
+        share, done, record = simulate(cfg, work, table, minutes, machine)
+        rows.append((moment, share, sum(epochs for epochs, _ in done.values()), back_and_forth(record)))
     return rows
 
 
-def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS):
+def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS, jitter=0.0):
     window = "until the end" if window_seconds == float("inf") else f"for {window_seconds:g} s"
+    noise = f", each epoch up to {jitter:.0%} faster or slower at random" if jitter else ""
     print(f"--budget {minutes:g}: a competitor making the machine {factor:g} times slower {window}, from a share "
-          f"of the budget; the whole run as a share of it (epochs of all units)")
-    for moment, share, epochs in sweep(cfg, work, table, minutes, factor, window_seconds, moments):
-        print(f"  from {moment:.2f}: {share:.2f} ({epochs})")
+          f"of the budget{noise}; the whole run as a share of it (epochs of all units; units' ends moved back "
+          f"and forth)")
+    for moment, share, epochs, reversals in sweep(cfg, work, table, minutes, factor, window_seconds, moments, jitter):
+        print(f"  from {moment:.2f}: {share:.2f} ({epochs}; {reversals})")
