@@ -115,7 +115,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with RunFolder(tmp_path / "run").lock():
-        assert f"took over the lock of a run that stopped without releasing it (host" in capsys.readouterr().out
+        assert "took over the lock of a run that stopped without releasing it (host" in capsys.readouterr().out
     with RunFolder(tmp_path / "run").lock():  # released cleanly: nothing to take over
         assert "took over" not in capsys.readouterr().out
 
