@@ -388,9 +388,10 @@ def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(competito
 
 def test_an_epochs_noise_does_not_refit_units_back_and_forth():
     """Epochs 4% faster or slower at random (a shared machine): the keeper plans each unit's rest with the mean
-    speed of its last epochs, so a unit's end is not moved up and down by an epoch again and again (the
-    keeper of 2026-12-07 did: 20 reversals a 30-minute run here, 40, 41, 40, 41 epochs), and the run still
-    fills its budget. (Noise can still move an end twice in a long unit: at most one reversal in two units.)"""
+    speed of its last epochs, the fastest and the slowest left out, so a unit's end is not moved up and down
+    by an epoch again and again (the keeper of 2026-12-07 did: 20 reversals a 30-minute run here, 40, 41, 40,
+    41 epochs), and the run still fills its budget. (Noise can still move an end twice in a long unit: at
+    most one reversal in two units.)"""
     runs = [simulate(CPU, fer2013_work(), Table.for_preset("cpu"), 30, SimulatedMachine(jitter=0.04, seed=seed))
             for seed in range(10)]
     assert all(0.95 <= share <= 1.0 for share, _, _ in runs)

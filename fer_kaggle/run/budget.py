@@ -42,7 +42,7 @@ PROBE_STEPS = 3
 PSEUDO_SHARE = 0.26       # test images a pseudo-labelling student adds, as a share of the test file (BENCHMARKS.md)
 RESERVE_SECONDS = 20.0    # the ensemble, the submission and the last prints, with a margin
 SAFETY = 0.02             # share of the budget kept back for what the estimates miss
-SPEED_WINDOW = 5          # epochs whose mean speed plans the rest of a unit (noise averages out: BENCHMARKS.md)
+SPEED_WINDOW = 7          # the last epochs whose speed plans the rest of a unit (BENCHMARKS.md: an epoch's noise)
 SLOWDOWN = 1.15           # an epoch this much slower than the ones before it: a competing process, not noise
 GROW_SLACK = 0.5          # epochs a growing unit keeps in hand, so an epoch's noise does not refit it back and
                           # forth (15, 14, 15, 14 epochs in the emulated AVX2 hour of 2026-12-07, before it)
@@ -479,12 +479,14 @@ def recent_epoch_seconds(history, expected):
     """What the epochs still to come will take, judged from those done (`history`, seconds each) and what an
     epoch was `expected` to take as the unit started, which stands in for the epochs not yet run: the last
     epoch alone when it was much slower than the ones before it (a competing process: counted at once, or
-    the unit overruns), else the mean of the last SPEED_WINDOW, so an epoch's noise (a few percent on a
-    shared machine) barely moves the estimate and a speed-up (a competitor gone) counts over a few epochs."""
+    the unit overruns), else the mean of the last SPEED_WINDOW without the fastest and the slowest. So an
+    epoch's noise (a few percent on a shared machine) barely moves the estimate, and one slow epoch, once
+    past, does not hold it up (with a plain mean, a two-minute competitor cost an AVX2 hour 3% of its time
+    in `bench keeper`)."""
     window = ([expected] * SPEED_WINDOW + list(history))[-SPEED_WINDOW:]
     if window[-1] > SLOWDOWN * float(np.median(window[:-1])):
         return window[-1]
-    return float(np.mean(window))
+    return float(np.mean(sorted(window)[1:-1]))
 
 
 class Keeper:
