@@ -61,10 +61,10 @@ def with_competitor(minutes, moment, factor, seconds=float("inf"), jitter=0.0, s
 
 def back_and_forth(record):
     """How often the keeper moved a unit's end back the way it had just moved it (40, 41, 40 epochs: twice),
-    over all the units of a run's record."""
+    over all the units of a run's record (a unit whose epochs were given has no start: only its refits)."""
     count = 0
     for entry in record.values():
-        ends = [entry["start"]] + [wanted for _, wanted in entry["refits"]]
+        ends = [end for end in [entry["start"]] + [wanted for _, wanted in entry["refits"]] if end is not None]
         moves = [later > earlier for earlier, later in zip(ends, ends[1:]) if later != earlier]
         count += sum(1 for a, b in zip(moves, moves[1:]) if a != b)
     return count
