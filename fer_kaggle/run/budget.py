@@ -510,7 +510,7 @@ class Keeper:
         self.pending = {unit.name: unit for unit in units}   # not finished
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
-        self.expected = {}     # unit name -> its epoch seconds as it started (the speed measured before it)
+        self.start_epoch_seconds = None  # the running unit's epoch seconds as it started (the speed before it)
 
     def _slowness(self, unit):
         return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
@@ -546,7 +546,7 @@ class Keeper:
         """The epochs a unit gets as it starts (`done`: epochs a resumed one has already trained)."""
         if "epochs" in self.plan.explicit:
             return planned
-        self.expected[unit.name] = self._epoch_seconds(unit)
+        self.start_epoch_seconds = self._epoch_seconds(unit)
         left = self.end - self.clock() - RESERVE_SECONDS
         others = [u for name, u in self.pending.items() if name != unit.name]
         mine = self._cost(unit, planned - done)
@@ -563,7 +563,7 @@ class Keeper:
     def after_epoch(self, unit, epoch, planned, epoch_seconds):
         """The epoch a unit must now end at, after its epoch `epoch`: fewer than `planned` while the machine
         is slower than its share assumed, more (up to the table's most) while it is faster."""
-        recent = recent_epoch_seconds(epoch_seconds, self.expected.get(unit.name, self._epoch_seconds(unit)))
+        recent = recent_epoch_seconds(epoch_seconds, self.start_epoch_seconds or self._epoch_seconds(unit))
         ratio = recent / self.work.epoch_seconds(unit.backbone, student=unit.round == 1)
         self.slowness[unit.backbone] = self.slowness["last"] = ratio
         entry = self.record.setdefault(unit.name, {"start": planned, "refits": []})
