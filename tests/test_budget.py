@@ -107,6 +107,30 @@ def test_a_recipe_arm_is_planned_where_its_table_row_pays_and_never_against_the_
     assert make_plan(cfg, set(), work, table, 10 * 60, 10).settings == {}, "an arm not timed here is not weighed"
 
 
+def test_an_arm_of_other_folds_is_planned_where_it_pays_with_its_own_units_and_sizes():
+    """Two folds instead of three: two units, each on half the rows; at equal compute each gets 1.5 times the
+    epochs (BENCHMARKS.md: folds and compute). The plan takes the folds of the arm it chooses, whole."""
+    three = {"5": 0.59, "10": 0.625, "20": 0.655, "40": 0.68}
+    entry = {"models": {"fer_vgg_cpu": {"oof": three},
+                        "fer_vgg_cpu:two": {"oof": {"5": 0.58, "10": 0.63, "20": 0.665, "30": 0.67},
+                                            "settings": {"folds": 2}}}}
+    work, cfg = fer2013_work(), CPU.replace(backbones=("fer_vgg_cpu",))
+    work.speeds["fer_vgg_cpu:two"] = work.speeds["fer_vgg_cpu"]
+    halves = work.for_folds(2)
+    assert (halves.folds, halves.train_rows, halves.predict_rows) == (2, 14354, 14355 + 7178)
+    assert halves.for_folds(3) == work
+    plan = make_plan(cfg, set(), work, Table(entry), 20 * 60, 20)
+    assert plan.folds == 2 and plan.run_cfg(cfg).folds == 2 and plan.unit_cfg(cfg, "fer_vgg_cpu").folds == 2
+    assert plan.seconds["units"] == pytest.approx(halves.run_seconds(plan.epochs, plan.pseudo))
+    assert work.for_plan(plan).folds == 2
+    assert budget.Plan.from_json(json.loads(json.dumps(plan.to_json()))).folds == 2
+    given = make_plan(cfg.replace(folds=3), {"folds"}, work, Table(entry), 20 * 60, 20)
+    assert given.folds == 3 and given.settings == {}, "--folds on the command line is obeyed"
+    worse = {"models": {**entry["models"], "fer_vgg_cpu:two": {**entry["models"]["fer_vgg_cpu:two"],
+                                                              "oof": {"5": 0.5, "10": 0.55, "20": 0.6}}}}
+    assert make_plan(cfg, set(), work, Table(worse), 20 * 60, 20).folds == 3
+
+
 def test_the_shipped_tables_recipes_are_settings_a_run_accepts():
     """Each arm's settings are recipe fields (in every unit's key), of their type, among their choices."""
     import dataclasses
@@ -327,6 +351,36 @@ def test_a_budgeted_run_prints_its_plan_keeps_it_and_the_same_command_resumes_it
 
 
 @pytest.mark.slow
+def test_a_run_splits_into_the_folds_its_plan_chose_and_a_folder_with_a_split_keeps_it(tmp_path, capsys,
+                                                                                   small_files, monkeypatch):
+    """A table whose 2-fold arm wins: a new folder is split in two; a folder that already holds a 3-fold split
+    (its units were trained on it) keeps three, and the plan says why."""
+    entry = {"models": {"fer_vgg_tiny": {"oof": {"3": 0.30, "6": 0.35}},
+                        "fer_vgg_tiny:halves": {"oof": {"3": 0.45, "6": 0.5}, "settings": {"folds": 2}}}}
+    monkeypatch.setattr(budget.Table, "for_preset", classmethod(lambda cls, preset, path=None: cls(entry)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    common = [str(small_files[1]), "--submissions", str(tmp_path / "subs"), "--preset", "demo", "--backbones",
+              "fer_vgg_tiny", "--no-pseudo", "--device", "cpu"]
+
+    def run(name, *extra):
+        code = cli.main([str(small_files[0]), *common[:1], str(tmp_path / f"{name}.csv"), "--workdir",
+                         str(tmp_path / name), *common[1:], *extra])
+        return code, capsys.readouterr()
+
+    code, captured = run("new", "--budget", "1")
+    assert code == 0, captured.err[-2000:]
+    assert re.search(r"fer_vgg_tiny +2 folds x", captured.out) and "--folds 2" in captured.out
+    assert json.loads((tmp_path / "new" / "folds.json").read_text())["folds"] == 2
+    assert len(list((tmp_path / "new").glob("round0/fer_vgg_tiny-*/fold*/metrics.json"))) == 2
+    code, captured = run("split", "--budget", "0", "--epochs", "1", "--folds", "3")
+    assert code == 0, captured.err[-2000:]
+    code, captured = run("split", "--budget", "1")
+    assert code == 0, captured.err[-2000:]
+    assert re.search(r"fer_vgg_tiny +3 folds x", captured.out) and "holds a 3-fold split: kept" in captured.out
+    assert len(list((tmp_path / "split").glob("round0/fer_vgg_tiny-*/fold*/metrics.json"))) == 6
+
+
+@pytest.mark.slow
 def test_explicit_epochs_are_obeyed_and_too_much_work_for_the_budget_is_refused(tmp_path, capsys, small_files):
     code, _, captured = _run(tmp_path, capsys, small_files, "obeyed", "--budget", "2", "--epochs", "2")
     assert code == 0, captured.err[-2000:]
@@ -384,6 +438,19 @@ def test_a_passing_slowdown_is_given_back_and_the_run_fills_its_budget(competito
         assert min(wanted for _, wanted in refits) < record[last]["start"], "shortened while slow"
         lost = 120 * (1 - 1 / 3.5) / work.epoch_seconds("fer_vgg_cpu")  # the epochs' worth the competitor took
         assert done[last][0] >= record[last]["start"] - math.ceil(lost) - 1, (refits, done)
+
+
+@pytest.mark.parametrize("competitor_from", [0.65, 0.7, 0.75, 0.85])
+def test_a_slowdown_in_the_last_unit_costs_its_views_before_its_epochs(competitor_from):
+    """Five minutes of a competing process (3.5 times slower) while the last unit of an AVX2 hour trains: the
+    unit behind its time is cut only to what fits with its fewest TTA views, so when the competitor leaves,
+    its epochs are still there and all ten views fit again. (Cut to what fits with all ten views at the slow
+    speed, it ended 7 of its 17 epochs early at 0.75: the run filled 0.89 of its hour.)"""
+    work = fer2013_work(4.7)
+    share, done, record = simulate(CPU, work, Table.for_preset("cpu"), 60,
+                                   with_competitor(60, competitor_from, 3.5, seconds=300))
+    assert 0.95 <= share <= 1.0, (done, record)
+    assert all(views == work.views for _, views in done.values()), "the views came back with the speed"
 
 
 def test_an_epochs_noise_does_not_refit_units_back_and_forth():

@@ -228,6 +228,7 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
         known = entry.setdefault("models", {}).setdefault(name, {"oof": {}})
         known["oof"].update(measured["oof"])
         known["mflop_per_image"] = measured["mflop_per_image"]
+        known["train_rows"] = int(inside.sum())  # a unit's: an arm of other folds trains on more or fewer
         if recipe:
             known["settings"] = settings
     for pair, measured in blends.items():
@@ -238,7 +239,8 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
     entry.setdefault("commands", []).append(
         f"{command}: fold 0 of {cfg.folds} ({int(inside.sum())} training rows, {len(valid)} held out), seed "
         f"{cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}")
-    entry["train_rows"] = int(inside.sum())
+    if "folds" not in settings:
+        entry["train_rows"] = int(inside.sum())
     write_json(out, table)
     print(f"wrote {out} ({platform.node()})")
 
@@ -277,7 +279,7 @@ def bench_budget(preset, device_choice, amp="auto"):
             print(f"{minutes:>4} min: {plan}")
             continue
         oof = f"{plan.oof:.3f}" if plan.oof is not None else "unknown"
-        print(f"{minutes:>4} min: predicted OOF {oof}; "
+        print(f"{minutes:>4} min: predicted OOF {oof}; {plan.folds or cfg.folds} folds, "
               + ", ".join(f"{plan.arm(b)} {e} epochs" for b, e in plan.epochs.items())
               + (", pseudo-labels" if plan.pseudo else "")
               + f" ({(sum(plan.seconds.values())) / 60:.0f} min)", flush=True)

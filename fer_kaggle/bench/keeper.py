@@ -94,7 +94,8 @@ def simulate(cfg, work, table, minutes, machine):
     views)}, the keeper's record), planned after READING_SECONDS as a real run is."""
     seconds_left = 60 * minutes - READING_SECONDS
     plan = make_plan(cfg, set(), work, table, seconds_left, minutes)
-    units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(cfg.folds)]
+    work = work.for_plan(plan)  # the plan's folds, and each backbone at its arm's speed, as a run keeps it
+    units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(work.folds)]
     keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine)
     seconds, done = keep_a_run(keeper, plan, work, units, machine)
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record

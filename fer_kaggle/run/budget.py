@@ -272,9 +272,21 @@ class Work:
     def unit_seconds(self, backbone, epochs, student=False):
         return epochs * self.epoch_seconds(backbone, student) + self.predict_seconds(backbone)
 
+    def for_folds(self, folds):
+        """This Work split into `folds` folds instead: more folds, more units, each on more rows (an even split)."""
+        if folds == self.folds:
+            return self
+        rows = self.train_rows + self.predict_rows - self.test_rows
+        held_now, held = self.predict_rows - self.test_rows, -(-rows // folds)
+        monitor = held if self.monitor_rows >= held_now else min(self.monitor_rows, held)  # all, or a sample
+        return dataclasses.replace(self, folds=folds, train_rows=rows - held, predict_rows=held + self.test_rows,
+                                   monitor_rows=monitor)
+
     def for_plan(self, plan):
-        """This Work with each planned backbone's speed as its arm's: what the Keeper and the plan's print use."""
-        return dataclasses.replace(self, speeds={b: self.speeds[plan.arm(b)] for b in plan.backbones})
+        """This Work with the plan's folds and each planned backbone's speed as its arm's: what the Keeper and
+        the plan's print use."""
+        return dataclasses.replace(self.for_folds(plan.folds or self.folds),
+                                   speeds={b: self.speeds[plan.arm(b)] for b in plan.backbones})
 
     def run_seconds(self, epochs, pseudo):
         """Training and prediction of every unit of models {backbone: epochs}, with or without students:
@@ -309,6 +321,7 @@ class Plan:
     notes: list = field(default_factory=list)
     arms: dict = field(default_factory=dict)      # {backbone: its table arm} where not the preset's own recipe
     settings: dict = field(default_factory=dict)  # {backbone: the settings that arm changes}
+    folds: int = None             # the run's folds (None in a plan.json from before plans chose them: cfg's)
 
     @property
     def id(self):
@@ -325,6 +338,10 @@ class Plan:
 
     def unit_cfg(self, cfg, backbone):
         return cfg.replace(epochs=self.epochs[backbone], **self.settings.get(backbone, {}))
+
+    def run_cfg(self, cfg):
+        """`cfg` with what the plan chose for the whole run: its backbones, pseudo-labelling and folds."""
+        return cfg.replace(backbones=self.backbones, pseudo=self.pseudo, folds=self.folds or cfg.folds)
 
     def to_json(self):
         return {**asdict(self), "backbones": list(self.backbones), "explicit": list(self.explicit), "id": self.id}
@@ -356,19 +373,23 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
     best = None
     for subset in subsets:
         for chosen in _arm_choices(subset, arms):
+            folds = {arms[a][1].get("folds", work.folds) for a in chosen}
+            if len(folds) > 1:
+                continue  # the models of one ensemble share one split (the blend and pseudo-labels are per fold)
+            split = work.for_folds(folds.pop())
             for pseudo in pseudo_options:
                 for epochs in _epoch_choices(cfg, chosen, explicit, table, known):
-                    cost = work.run_seconds(epochs, pseudo)
+                    cost = split.run_seconds(epochs, pseudo)
                     if cost > usable:
                         continue
                     gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
                     oof = table.ensemble_oof(epochs) + gain if known else None
                     score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
                     if best is None or score > best[0]:
-                        best = (score, chosen, epochs, pseudo, oof, cost)
+                        best = (score, chosen, epochs, pseudo, oof, cost, split.folds)
     if best is None:
         return _cannot_fit(cfg, explicit, work, table, budget, seconds_left)
-    _, chosen, by_arm, pseudo, oof, cost = best
+    _, chosen, by_arm, pseudo, oof, cost, folds = best
     backbone = {name: arms[name][0] for name in chosen}
     epochs = {backbone[a]: e for a, e in by_arm.items()}
     most = {backbone[a]: (by_arm[a] if "epochs" in explicit else
@@ -381,7 +402,8 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
                 {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
                 oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes,
                 arms={backbone[a]: a for a in chosen if a != backbone[a]},
-                settings={backbone[a]: arms[a][1] for a in chosen if arms[a][1]})
+                settings={backbone[a]: arms[a][1] for a in chosen if arms[a][1]},
+                folds=folds)
 
 
 def _arm_choices(subset, arms):
@@ -525,10 +547,13 @@ class Keeper:
     def _cost(self, unit, epochs):
         return epochs * self._epoch_seconds(unit) + self._predict_seconds(unit)
 
+    def _fewest_views(self):
+        """The fewest TTA views a unit may predict with: the plain image and its flip, or all when given."""
+        return self.work.views if "tta" in self.plan.explicit else min(self.work.views, self.work.fewest_views)
+
     def _least(self, unit):
         """What a unit cannot do without: one epoch, and its prediction with the fewest views."""
-        views = self.work.views if "tta" in self.plan.explicit else min(self.work.views, self.work.fewest_views)
-        return self._epoch_seconds(unit) + self._predict_seconds(unit, views)
+        return self._epoch_seconds(unit) + self._predict_seconds(unit, self._fewest_views())
 
     def _latest_end(self, unit):
         """The latest `unit` may end so that every other unfinished unit still gets its least, at the speed
@@ -573,8 +598,8 @@ class Keeper:
         # (else the last unit overruns: BENCHMARKS.md, float32 at 15 minutes)
         left = self._unit_end(unit) - self.clock() - self._predict_seconds(unit)
         fits = left / recent  # epochs that fit after this one
-        if epoch + fits < planned:  # behind: end earlier at once
-            wanted = epoch + max(1, math.floor(fits))
+        if epoch + fits < planned:  # behind: end earlier at once, by what fits with the fewest TTA views
+            wanted = min(planned, epoch + max(1, math.floor(self._fits_before_least_prediction(unit) / recent)))
         elif epoch + fits >= planned + 1 + GROW_SLACK:  # ahead by more than an epoch and the slack: grow
             wanted = min(self.plan.most[unit.backbone], epoch + math.floor(fits - GROW_SLACK))
         else:  # within the slack: as it is (an epoch's noise would refit it back and forth)
@@ -582,6 +607,13 @@ class Keeper:
         if wanted != planned:
             entry["refits"].append([epoch, wanted])
         return wanted
+
+    def _fits_before_least_prediction(self, unit):
+        """Seconds the running unit may still train if it predicts with its fewest TTA views: a unit behind
+        gives up views before epochs (views() takes what fits once it has trained). A slowdown that passes
+        (a competing process that ends) then costs no epochs, and one that stays costs the views (ten-crop
+        over the flip alone: 0.4 points, BENCHMARKS.md), not the two or three epochs their time would buy."""
+        return self._unit_end(unit) - self.clock() - self._predict_seconds(unit, self._fewest_views())
 
     def views(self, unit, every):
         """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
@@ -652,8 +684,13 @@ def request_of(cfg, fingerprints):
 SESSION_FIELDS = fields_with(SESSION)  # how this session runs, not what the run plans or learns
 
 
-def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, elapsed, fingerprints, side_by_side=1):
-    """(cfg with the plan's backbones and pseudo-labelling, Session) for a budgeted run; (cfg, None) without.
+def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elapsed, fingerprints, side_by_side=1,
+             split_folds=None):
+    """(cfg with the plan's backbones, pseudo-labelling and folds, Session) for a budgeted run; (cfg, None) without.
+
+    Made before the run's split, which has the plan's folds: `faces` (train images, train labels, test rows)
+    are what the speed probe trains on and what sizes the units. `split_folds`: the folds of the split the run
+    folder already holds, which a new plan keeps (its units were trained on it).
 
     `units_of(cfg, plan)`: the run's units still to train under a plan (rounds 0 and 1): the Keeper shares
     the time left among them. `sequential`: units one at a time here, so the Keeper can keep the plan;
@@ -676,16 +713,23 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
         print(f"budget: the same command again: continuing its plan ({_describe_models(plan.epochs)}"
               f"{', pseudo-labels' if plan.pseudo else ''}); {spent_before / 60:.1f} of {cfg.budget:g} minutes "
               f"spent in earlier sessions")
-        work, _ = _work(cfg, {b: (b, plan.settings.get(b, {})) for b in plan.backbones}, arrays, device,
+        work, _ = _work(cfg, {b: (b, plan.settings.get(b, {})) for b in plan.backbones}, faces, device,
                         side_by_side)
+        work = work.for_folds(plan.folds or work.folds)
     else:
         table = Table.for_preset(cfg.preset)
-        work, how = _work(cfg, table.arms(cfg.backbones, explicit), arrays, device, side_by_side)
-        plan = make_plan(cfg, set(explicit), work, table, 60 * cfg.budget - spent_here(), cfg.budget)
+        explicit = set(explicit)
+        if split_folds and "folds" not in explicit:
+            cfg, explicit = cfg.replace(folds=split_folds), explicit | {"folds"}
+        work, how = _work(cfg, table.arms(cfg.backbones, explicit), faces, device, side_by_side)
+        plan = make_plan(cfg, explicit, work, table, 60 * cfg.budget - spent_here(), cfg.budget)
+        if split_folds and any(s.get("folds", split_folds) != split_folds for s in table.settings.values()):
+            plan.notes.append(f"the run folder holds a {split_folds}-fold split: kept, so recipes of other folds "
+                              f"were not weighed (another --workdir lets the plan choose its folds)")
         work = work.for_plan(plan)
         record, spent_before = {}, 0.0
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
-    cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo)
+    cfg = plan.run_cfg(cfg)
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
     pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
     if pace is None:
@@ -697,11 +741,10 @@ def plan_run(cfg, explicit, plan_path, arrays, device, units_of, sequential, ela
     return cfg, session
 
 
-def _work(cfg, arms, arrays, device, side_by_side):
-    folds = np.asarray(arrays.folds)
-    held_out = int(np.max(np.bincount(folds[folds >= 0]))) if (folds >= 0).any() else 0
-    speeds, how = measure_speeds(cfg, arms, arrays.train_images, arrays.train_labels, device)
-    return work_for(cfg, len(folds), len(arrays.test_ids), speeds, held_out, side_by_side), how
+def _work(cfg, arms, faces, device, side_by_side):
+    train_images, train_labels, test_rows = faces
+    speeds, how = measure_speeds(cfg, arms, train_images, train_labels, device)
+    return work_for(cfg, len(train_labels), test_rows, speeds, side_by_side=side_by_side), how
 
 
 def _read_plan(path):
@@ -723,7 +766,7 @@ def _replay(cfg, source, plan_path):
         raise FerKaggleError(f"--plan {source}: not a plan.json that a budgeted run wrote (run folder/plan.json): "
                              f"{why}") from None
     plan = Plan.from_json(stored["plan"])
-    cfg = cfg.replace(backbones=plan.backbones, pseudo=plan.pseudo, budget=plan.budget)
+    cfg = plan.run_cfg(cfg).replace(budget=plan.budget)
     print(f"plan: following {source} exactly ({_describe_models(plan.epochs)}"
           f"{', pseudo-labels' if plan.pseudo else ''}; {len(stored['units'])} units' recorded epochs); no timing, "
           f"no re-planning: the same submission as the run that recorded it")

@@ -29,7 +29,7 @@ from fer_kaggle.data import inputs, shift
 from fer_kaggle.core import runfolder
 from fer_kaggle.core.config import GPU_PRESETS, PRESETS, Config
 from fer_kaggle.data.competition import fingerprint as file_fingerprint
-from fer_kaggle.core.errors import FerKaggleError, gigabytes
+from fer_kaggle.core.errors import DamagedFile, FerKaggleError, gigabytes
 from fer_kaggle.run.executor import (DevicePool, Job, LocalPool, PseudoRows, RunArrays, Sequential, cuda_devices,
                                      machine_cores)
 from fer_kaggle.data.folds import make_or_load_folds
@@ -340,25 +340,25 @@ def _run_on(cfg, source, out, folder, submissions, executor, deadline, started, 
             f"or add --device cpu to run it here anyway")
 
     _check_shift(cfg, source, folder, train_x, test_x)  # before any training: a shifted test set costs a submission
-    folds, meta = make_or_load_folds(workdir, train_x, train_y, data.train_fingerprint, cfg.folds, cfg.seed)
     if data.test_labels is not None:
         heldout.save_labels(workdir, test_ids, data.test_labels, data.test_usage)
-    print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
-          f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
-
     runfolder.repair_units(folder)  # before the plan counts what is finished: a damaged unit trains again
 
     # the arrays' own hashes, not the files': the same faces in another file form reuse the units
     fingerprints = (runfolder.arrays_fingerprint(train_x, train_y),
                     runfolder.arrays_fingerprint(np.asarray(test_ids).astype(str), test_x))
-    arrays = RunArrays(train_x, train_y, folds, test_ids, test_x)
     def units_to_train(cfg, plan):  # the units the budget's time is shared among: finished ones cost nothing
         return [unit for round_ in run_units(cfg, device, fingerprints, plan) for unit in round_
                 if not is_finished(unit.dir(workdir))]
 
-    cfg, session = budget.plan_run(cfg, explicit, folder.plan_json, arrays, device, units_to_train,
-                                   isinstance(executor, Sequential), time.perf_counter() - started, fingerprints,
-                                   executor.side_by_side)
+    # the plan comes before the split: it may choose the folds (a table's arm), unless this folder has a split
+    cfg, session = budget.plan_run(cfg, explicit, folder.plan_json, (train_x, train_y, len(test_ids)), device,
+                                   units_to_train, isinstance(executor, Sequential), time.perf_counter() - started,
+                                   fingerprints, executor.side_by_side, split_folds=_split_folds(folder))
+    folds, meta = make_or_load_folds(workdir, train_x, train_y, data.train_fingerprint, cfg.folds, cfg.seed)
+    print(f"folds: {cfg.folds} stratified folds (seed {cfg.seed}); {meta['duplicate_groups']} groups of "
+          f"identical images ({meta['rows_in_duplicate_groups']} rows) each kept inside one fold")
+    arrays = RunArrays(train_x, train_y, folds, test_ids, test_x)
     rounds = Rounds(cfg, folder, executor, device, fingerprints, arrays, session)
     needed = _check_disk(folder, _bytes_to_write(cfg, rounds, arrays))
     try:
@@ -367,6 +367,16 @@ def _run_on(cfg, source, out, folder, submissions, executor, deadline, started, 
     except OSError as exc:
         exc.run_needs = needed  # for the full disk's message (errors.machine_fault)
         raise
+
+
+def _split_folds(folder):
+    """The folds of the split this folder already holds (its units were trained on it), or None: none yet, or
+    a damaged one (make_or_load_folds says what then)."""
+    try:
+        meta = folder.folds_meta()
+    except DamagedFile:
+        return None
+    return meta and meta["folds"]
 
 
 def _train_and_blend(cfg, folder, executor, device, deadline, fingerprints, arrays, rounds, session, submissions,
