@@ -453,6 +453,19 @@ def test_a_slowdown_in_the_last_unit_costs_its_views_before_its_epochs(competito
     assert all(views == work.views for _, views in done.values()), "the views came back with the speed"
 
 
+@pytest.mark.parametrize("predict_factor", [1.5, 2.0])
+def test_a_prediction_slower_than_its_estimate_is_priced_into_the_units_after_it(predict_factor):
+    """The speed probe times one view of 1,024 images; on an AVX2 machine the ten-crop TTA of a unit's 16,748
+    images took 1.5 times that estimate, and the default hour ended at 61.1 minutes (BENCHMARKS.md). The
+    keeper measures what each finished unit's prediction took and prices the next units' by it: the run
+    ends within its budget (the keeper before: 1.006 and 1.007 of it here; 1.044 at that machine's speeds
+    and a prediction twice its estimate)."""
+    work = fer2013_work(4.7)
+    machine = SimulatedMachine(predict_factor=predict_factor)
+    share, done, record = simulate(CPU, work, Table.for_preset("cpu"), 60, machine)
+    assert 0.95 <= share <= 1.0, (done, record)
+
+
 def test_an_epochs_noise_does_not_refit_units_back_and_forth():
     """Epochs 4% faster or slower at random (a shared machine): the keeper plans each unit's rest with the mean
     speed of its last epochs, the fastest and the slowest left out, so a unit's end is not moved up and down

@@ -28,6 +28,7 @@ class SimulatedMachine:
     now: float = 1000.0
     jitter: float = 0.0
     seed: int = 0
+    predict_factor: float = 1.0  # prediction takes this many times the Work's estimate (the probe under-estimates it)
     _random: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -83,7 +84,7 @@ def keep_a_run(keeper, plan, work, units, machine):
             if epoch < planned:
                 planned = max(epoch + 1, wanted)  # as train._repace: never before the epoch under way ends
         views = keeper.views(unit, work.views)
-        machine.spend(work.predict_seconds(unit.backbone) * views / work.views)
+        machine.spend(work.predict_seconds(unit.backbone) * views / work.views * machine.predict_factor)
         keeper.finished(unit)
         done[unit.name] = (planned, views)
     return machine.now - begun, done

@@ -533,6 +533,10 @@ class Keeper:
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
         self.start_epoch_seconds = None  # the running unit's epoch seconds as it started (the speed before it)
+        # backbone -> a finished unit's prediction seconds / the estimate at its training speed: the probe times
+        # one view of 1,024 images, and ten-crop TTA of 16,748 took 1.5 times that (cpu-2c-avx2, BENCHMARKS.md)
+        self.predict_extra = {}
+        self.predicting = None  # (unit name, clock, views) as the running unit starts predicting
 
     def _slowness(self, unit):
         return self.slowness.get(unit.backbone, self.slowness.get("last", 1.0))
@@ -541,7 +545,8 @@ class Keeper:
         return self.work.epoch_seconds(unit.backbone, student=unit.round == 1) * self._slowness(unit)
 
     def _predict_seconds(self, unit, views=None):
-        every = self.work.predict_seconds(unit.backbone) * self._slowness(unit)
+        every = (self.work.predict_seconds(unit.backbone) * self._slowness(unit)
+                 * self.predict_extra.get(unit.backbone, 1.0))
         return every if views is None else every * views / self.work.views
 
     def _cost(self, unit, epochs):
@@ -617,17 +622,24 @@ class Keeper:
 
     def views(self, unit, every):
         """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
-        if "tta" in self.plan.explicit or self.share_end is None or every <= 1:
-            return every
-        per_view = self._predict_seconds(unit) / self.work.views
-        fits = math.floor((self._unit_end(unit) - self.clock()) / max(1e-9, per_view))
-        count = max(min(every, self.work.fewest_views), min(every, fits))
-        if count < every:
-            self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
+        count = every
+        if "tta" not in self.plan.explicit and self.share_end is not None and every > 1:
+            per_view = self._predict_seconds(unit) / self.work.views
+            fits = math.floor((self._unit_end(unit) - self.clock()) / max(1e-9, per_view))
+            count = max(min(every, self.work.fewest_views), min(every, fits))
+            if count < every:
+                self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
+        self.predicting = (unit.name, self.clock(), count)
         return count
 
     def finished(self, unit):
+        """A unit is done: what its prediction really took, against the estimate, prices the next units'."""
         self.pending.pop(unit.name, None)
+        name, started, views = self.predicting or (None, 0.0, 0)
+        if name == unit.name and views:
+            estimate = self.work.predict_seconds(unit.backbone) * self._slowness(unit) * views / self.work.views
+            self.predict_extra[unit.backbone] = (self.clock() - started) / max(1e-9, estimate)
+        self.predicting = None
 
 
 class Replay:
