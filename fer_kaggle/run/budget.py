@@ -273,8 +273,9 @@ class Work:
         return epochs * self.epoch_seconds(backbone, student) + self.predict_seconds(backbone)
 
     def for_folds(self, folds):
-        """This Work split into `folds` folds instead: more folds, more units, each on more rows (an even split)."""
-        if folds == self.folds:
+        """This Work split into `folds` folds instead: more folds, more units, each on more rows (an even split).
+        None (a plan.json from before plans chose the folds): as it is."""
+        if folds in (None, self.folds):
             return self
         rows = self.train_rows + self.predict_rows - self.test_rows
         held_now, held = self.predict_rows - self.test_rows, -(-rows // folds)
@@ -285,7 +286,7 @@ class Work:
     def for_plan(self, plan):
         """This Work with the plan's folds and each planned backbone's speed as its arm's: what the Keeper and
         the plan's print use."""
-        return dataclasses.replace(self.for_folds(plan.folds or self.folds),
+        return dataclasses.replace(self.for_folds(plan.folds),
                                    speeds={b: self.speeds[plan.arm(b)] for b in plan.backbones})
 
     def run_seconds(self, epochs, pseudo):
@@ -636,9 +637,9 @@ class Keeper:
         """A unit is done: what its prediction really took, against the estimate, prices the next units'."""
         self.pending.pop(unit.name, None)
         name, started, views = self.predicting or (None, 0.0, 0)
-        if name == unit.name and views:
-            estimate = self.work.predict_seconds(unit.backbone) * self._slowness(unit) * views / self.work.views
-            self.predict_extra[unit.backbone] = (self.clock() - started) / max(1e-9, estimate)
+        if name == unit.name and views:  # the estimate it had, corrected by what it missed
+            took, estimate = self.clock() - started, self._predict_seconds(unit, views)
+            self.predict_extra[unit.backbone] = self.predict_extra.get(unit.backbone, 1.0) * took / max(1e-9, estimate)
         self.predicting = None
 
 
@@ -727,7 +728,7 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
               f"spent in earlier sessions")
         work, _ = _work(cfg, {b: (b, plan.settings.get(b, {})) for b in plan.backbones}, faces, device,
                         side_by_side)
-        work = work.for_folds(plan.folds or work.folds)
+        work = work.for_folds(plan.folds)
     else:
         table = Table.for_preset(cfg.preset)
         explicit = set(explicit)
