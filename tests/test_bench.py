@@ -100,6 +100,11 @@ def test_table_bench_measures_a_recipe_as_an_arm_the_planner_reads(tmp_path, cap
                                                 "fer_resnet_tiny:light": ("fer_resnet_tiny", {"augment": "light"})}
     assert table.arms(("fer_resnet_tiny",), explicit={"augment"}) == {"fer_resnet_tiny": ("fer_resnet_tiny", {})}
     assert "--recipe light --set augment=light" in table.entry["commands"][-1]
+    # the demo's flip TTA: what predicting with the plain image alone lost, for the planner to weigh
+    [lost] = table.tta_losses
+    assert (lost["arm"], lost["epochs"], lost["of"]) == ("fer_resnet_tiny:light", 1, 2) and set(lost["views"]) == {"1"}
+    assert table.views_loss(1) == lost["views"]["1"] and -1 < table.views_loss(1) < 1
+    assert re.search(r"OOF lost with fewer TTA views: 1 of 2: [+-]\d", printed), printed
     assert cli.main([*common, "--recipe", "light", "--set", "augment=none"]) == 2
     assert "name this recipe otherwise" in capsys.readouterr().err
     assert Table.for_preset("demo", out).settings["fer_resnet_tiny:light"] == {"augment": "light"}, "left as it was"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.bench.keeper import SimulatedMachine, back_and_forth, simulate, with_competitor
+from fer_kaggle.bench.keeper import READING_SECONDS, SimulatedMachine, back_and_forth, simulate, with_competitor
 from fer_kaggle.run import budget
 from fer_kaggle.training import recipe, train
 from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
@@ -64,7 +64,7 @@ def test_more_minutes_never_predict_less_accuracy_and_every_plan_fits():
     plans = [make_plan(CPU, set(), work, table, 60 * minutes, minutes) for minutes in budget.BUDGETS]
     assert [p.oof for p in plans] == sorted(p.oof for p in plans)
     for minutes, plan in zip(budget.BUDGETS, plans):
-        assert work.run_seconds(plan.epochs, plan.pseudo) == pytest.approx(plan.seconds["units"])
+        assert work.for_plan(plan).run_seconds(plan.epochs, plan.pseudo) == pytest.approx(plan.seconds["units"])
         assert plan.seconds["units"] <= 60 * minutes
 
 
@@ -129,6 +129,32 @@ def test_an_arm_of_other_folds_is_planned_where_it_pays_with_its_own_units_and_s
     worse = {"models": {**entry["models"], "fer_vgg_cpu:two": {**entry["models"]["fer_vgg_cpu:two"],
                                                               "oof": {"5": 0.5, "10": 0.55, "20": 0.6}}}}
     assert make_plan(cfg, set(), work, Table(worse), 20 * 60, 20).folds == 3
+
+
+def test_a_slow_machine_trades_ten_crop_for_epochs_where_the_table_measured_what_views_lose():
+    """On an AVX2 laptop ten-crop TTA is a quarter of the hour: the plan weighs all ten views against the plain
+    image and its flip plus the epochs their time buys, by the table's measured loss (flip: 0.47 points), and
+    the Keeper and a replay predict with the views it chose. Where epochs buy little (the table's most) or the
+    command line gave --tta, all views stay; a table that never measured the loss never trades them."""
+    table, work = Table.for_preset("cpu"), fer2013_work(9.5)  # 112.7 s an epoch: the AVX2 hour of 2026-12-07
+    assert 0.003 < table.views_loss(2) < 0.006 and table.views_loss(3) is None
+    slow = make_plan(CPU, set(), work, table, 60 * 60, 60)
+    every = make_plan(CPU, {"tta"}, work, table, 60 * 60, 60)
+    assert slow.views == 2 and every.views is None
+    assert total_epochs(slow) > total_epochs(every) and slow.oof > every.oof
+    arm = slow.arm("fer_vgg_cpu")
+    assert slow.oof == pytest.approx(table.oof(arm, slow.epochs["fer_vgg_cpu"]) - table.views_loss(2))
+    assert work.for_plan(slow).run_seconds(slow.epochs, slow.pseudo) == pytest.approx(slow.seconds["units"])
+    assert any("TTA with the first 2 of ten_crop's 10 views" in note for note in slow.notes)
+    again = budget.Plan.from_json(json.loads(json.dumps(slow.to_json())))
+    assert again.views == 2 and again.id == slow.id != budget.Plan.from_json({**slow.to_json(), "views": None}).id
+    assert make_plan(CPU, set(), fer2013_work(), table, 240 * 60, 240).views is None, "epochs at the table's most"
+    unmeasured = Table({k: v for k, v in table.entry.items() if k != "tta"})
+    assert make_plan(CPU, set(), work, unmeasured, 60 * 60, 60).views is None
+    clock, unit = SimulatedMachine(), Unit(0, "fer_vgg_cpu", 0)
+    keeper = Keeper(slow, work.for_plan(slow), [unit], end=clock.now + 3600, record={}, clock=clock)
+    keeper.start(unit, slow.epochs["fer_vgg_cpu"], done=0)
+    assert keeper.views(unit, 10) == 2 and budget.Replay(keeper.record).views(unit, 10) == 2
 
 
 def test_the_shipped_tables_recipes_are_settings_a_run_accepts():
@@ -248,6 +274,8 @@ def test_a_unit_behind_its_time_predicts_with_fewer_views_the_plain_image_and_it
     metrics = train.train_unit(cfg, Unit(0, "fer_resnet_tiny", 0), tmp_path, small_unit_data, torch.device("cpu"),
                                pace=ShrinkAfter(1, 0, 1, views=2))
     assert metrics["tta_views"] == 2 and "2 TTA views instead of 10, to keep to the budget" in capsys.readouterr().out
+    by_views = metrics["valid_acc_views"]  # what fewer views gave, for the planner's table
+    assert by_views == {"1": metrics["valid_acc_plain"], "2": metrics["valid_acc"]}
 
 
 # ---------------------------------------------------------------- keeping to it: a controlled clock
@@ -416,7 +444,8 @@ def test_a_run_slowed_down_half_way_still_ends_within_ten_percent_of_its_budget(
     assert min(views for _, views in done.values()) >= work.fewest_views
     share, done, _ = simulate(CPU, work, Table.for_preset("cpu"), minutes, SimulatedMachine())
     assert 0.9 <= share <= 1.0, "at the measured speed the plan fills its budget"
-    assert all(views == work.views for _, views in done.values()), "and keeps every TTA view"
+    plan = make_plan(CPU, set(), work, Table.for_preset("cpu"), 60 * minutes - READING_SECONDS, minutes)
+    assert all(views == (plan.views or work.views) for _, views in done.values()), "and keeps its TTA views"
 
 
 @pytest.mark.parametrize("competitor_from", [0.2, 0.6, 2 / 3 + 1 / 30])

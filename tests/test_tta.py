@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fer_kaggle.models.backbones import build_model
-from fer_kaggle.models.tta import average, predict_views, view, views
+from fer_kaggle.models.tta import average, fold_batch_norms, predict_views, view, views
 
 
 @pytest.mark.parametrize("tta, count", [("none", 1), ("flip", 2), ("flip_shift", 10)])
@@ -67,3 +67,31 @@ def test_logit_and_probability_averages():
     torch.testing.assert_close(prob, logits.softmax(-1).mean(0))
     torch.testing.assert_close(logit, torch.tensor([[2.0, 0.5]]).softmax(-1))
     assert prob.argmax().item() == logit.argmax().item() == 0 and not torch.allclose(prob, logit)
+
+
+def _trained_batch_norms(model):
+    """Running statistics and affine weights far from their initial ones, as after training."""
+    generator = torch.Generator().manual_seed(1)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator) * 0.5)
+        norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+        norm.weight.data.copy_(torch.randn(norm.num_features, generator=generator) * 0.2 + 1)
+        norm.bias.data.copy_(torch.randn(norm.num_features, generator=generator) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("backbone", ["fer_vgg_tiny", "fer_resnet_tiny"])
+def test_predictions_fold_batch_norms_and_leave_the_training_model_as_it_was(backbone):
+    torch.manual_seed(0)
+    model = _trained_batch_norms(build_model(backbone, torch.device("cpu"))).train()
+    images = torch.randn(20, 1, 48, 48)
+    folded = fold_batch_norms(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    left = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # VGG: every norm follows its conv in a Sequential; ResNet keeps its blocks' second norms (bn2)
+    assert len(left) == sum(hasattr(m, "bn2") for m in model.modules()) < len(norms)
+    assert model.training and all(n.training for n in norms), "the caller's model keeps training"
+    with torch.no_grad():
+        expected = model.eval()(images).softmax(-1)
+    torch.testing.assert_close(predict_views(model, images, "none", torch.device("cpu"))[0], expected,
+                               atol=1e-5, rtol=1e-4)

@@ -204,6 +204,7 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
     models = {arm[b]: {"oof": {}, **({"settings": settings} if recipe else {})} for b in cfg.backbones}
     pairs = [tuple(arm[b] for b in pair) for pair in itertools.combinations(cfg.backbones, 2)]
     blends = {"+".join(pair): {} for pair in pairs}
+    view_losses = []  # what fewer TTA views lose: the planner weighs them against epochs
     for epochs in epoch_levels:
         probs = {}
         for backbone in cfg.backbones:
@@ -212,6 +213,8 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
             with np.load(unit.dir(workdir / f"epochs-{epochs}") / "oof.npz") as saved:
                 probs[arm[backbone]] = saved["probs"]
             models[arm[backbone]]["oof"][str(epochs)] = round(metrics["valid_acc"], 4)
+            if metrics.get("valid_acc_views"):  # not in a unit finished before train.py measured it
+                view_losses.append(_views_loss(metrics["valid_acc_views"], arm[backbone], epochs, cfg.folds))
             print(f"{arm[backbone]:<18} {epochs:>4} epochs  OOF {metrics['valid_acc']:.4f}  "
                   f"({metrics['train_seconds'] / 60:.1f} min training)", flush=True)
         for pair in pairs:
@@ -233,6 +236,10 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
             known["settings"] = settings
     for pair, measured in blends.items():
         entry.setdefault("blends", {}).setdefault(pair, {}).update(measured)
+    losses = entry.setdefault("tta", {}).setdefault("losses", [])
+    for measured in view_losses:  # a level measured again replaces its row
+        losses[:] = [m for m in losses if (m["arm"], m["epochs"], m["folds"]) !=
+                     (measured["arm"], measured["epochs"], measured["folds"])] + [measured]
     command = (f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --backbones "
                f"{','.join(cfg.backbones)} --epochs {','.join(map(str, epoch_levels))}"
                + (f" --recipe {recipe}" + "".join(f" --set {k}={v}" for k, v in settings.items()) if recipe else ""))
@@ -243,6 +250,16 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
         entry["train_rows"] = int(inside.sum())
     write_json(out, table)
     print(f"wrote {out} ({platform.node()})")
+
+
+def _views_loss(accuracy_by_views, arm, epochs, folds):
+    """A table row of the OOF lost with the first k TTA views instead of all (train.py's valid_acc_views)."""
+    every = max(accuracy_by_views, key=int)
+    loss = {k: round(accuracy_by_views[every] - acc, 4) for k, acc in accuracy_by_views.items() if int(k) < int(every)}
+    print(f"{arm:<18} {epochs:>4} epochs  OOF lost with fewer TTA views: "
+          + ", ".join(f"{k} of {every}: {100 * v:+.2f} points" for k, v in loss.items()), flush=True)
+    return {"arm": arm, "epochs": epochs, "folds": folds, "views": loss, "of": int(every),
+            "measured": f"bench table, {time.strftime('%Y-%m-%d')}"}
 
 
 def _fer2013_work_here(preset, device_choice, amp, what):
@@ -282,6 +299,7 @@ def bench_budget(preset, device_choice, amp="auto"):
         print(f"{minutes:>4} min: predicted OOF {oof}; {plan.folds or cfg.folds} folds, "
               + ", ".join(f"{plan.arm(b)} {e} epochs" for b, e in plan.epochs.items())
               + (", pseudo-labels" if plan.pseudo else "")
+              + (f", TTA {plan.views} of {work.views} views" if plan.views else "")
               + f" ({(sum(plan.seconds.values())) / 60:.0f} min)", flush=True)
 
 

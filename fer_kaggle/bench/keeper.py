@@ -71,8 +71,9 @@ def back_and_forth(record):
     return count
 
 
-def keep_a_run(keeper, plan, work, units, machine):
-    """Every unit through `keeper` as train_unit drives it; (seconds it took, {unit name: (epochs, views)})."""
+def keep_a_run(keeper, plan, work, units, machine, every):
+    """Every unit through `keeper` as train_unit drives it; (seconds it took, {unit name: (epochs, views)}).
+    `every`: the views of the run's TTA (the plan may predict with fewer: `work`'s)."""
     begun, done = machine.now, {}
     for unit in units:
         planned = keeper.start(unit, plan.epochs[unit.backbone], done=0)
@@ -83,7 +84,7 @@ def keep_a_run(keeper, plan, work, units, machine):
             wanted = keeper.after_epoch(unit, epoch, planned, history)
             if epoch < planned:
                 planned = max(epoch + 1, wanted)  # as train._repace: never before the epoch under way ends
-        views = keeper.views(unit, work.views)
+        views = keeper.views(unit, every)
         machine.spend(work.predict_seconds(unit.backbone) * views / work.views * machine.predict_factor)
         keeper.finished(unit)
         done[unit.name] = (planned, views)
@@ -95,10 +96,10 @@ def simulate(cfg, work, table, minutes, machine):
     views)}, the keeper's record), planned after READING_SECONDS as a real run is."""
     seconds_left = 60 * minutes - READING_SECONDS
     plan = make_plan(cfg, set(), work, table, seconds_left, minutes)
-    work = work.for_plan(plan)  # the plan's folds, and each backbone at its arm's speed, as a run keeps it
+    every, work = work.views, work.for_plan(plan)  # the plan's folds, views and arms' speeds, as a run keeps it
     units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(work.folds)]
     keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine)
-    seconds, done = keep_a_run(keeper, plan, work, units, machine)
+    seconds, done = keep_a_run(keeper, plan, work, units, machine, every)
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
 
 

@@ -5,7 +5,7 @@
     Table           measured OOF accuracy against epochs per unit, per preset recipe (budget_table.json:
                     fold 0 of the full FER2013 train file; `python -m fer_kaggle.bench table` re-measures it)
     make_plan       the plan predicted to give the best ensemble OOF within the time left: which backbones,
-                    how many epochs each, whether a pseudo-labelling round fits
+                    how many epochs each, how many TTA views, whether a pseudo-labelling round fits
     Keeper          during the run: each unit's epochs when it starts (its share of the time left, at the
                     speed measured so far), and after each epoch the epoch it must end at
     Replay          a plan an earlier run recorded (`--plan run_folder/plan.json`), followed exactly
@@ -174,6 +174,8 @@ class Table:
     Between measured epochs it interpolates linearly in log(epochs); below the fewest it falls to chance
     (1/7 at 0 epochs, linearly); above the most it stays flat, so the plan never counts on a gain nobody
     measured. A blend's gain over its best member counts only with both at the same epochs, as measured.
+    Fewer TTA views than the preset's lose what `tta.losses` measured (units predicted again with the first k
+    of their views: train.py's valid_acc_views), the mean over those measured, at any epochs and arm.
     """
 
     def __init__(self, entry):
@@ -184,6 +186,7 @@ class Table:
         self.blends = {tuple(name.split("+")): {int(e): acc for e, acc in oof.items()}
                        for name, oof in self.entry.get("blends", {}).items()}
         self.pseudo_gain = self.entry.get("pseudo_gain")
+        self.tta_losses = self.entry.get("tta", {}).get("losses", [])
 
     @classmethod
     def for_preset(cls, preset, path=TABLE_FILE):
@@ -216,6 +219,12 @@ class Table:
         gains = {e: acc - max(self.models[b][e] for b in pair) for e, acc in measured.items()
                  if all(e in self.models[b] for b in pair)}
         return max(0.0, _interpolate(gains, epochs, floor=None)) if gains else 0.0
+
+    def views_loss(self, views):
+        """OOF accuracy a unit loses predicting with its first `views` TTA views instead of all the preset's
+        (the mean of the measured losses; None where none was measured: then fewer views are not weighed)."""
+        measured = [m["views"][str(views)] for m in self.tta_losses if str(views) in m["views"]]
+        return float(np.mean(measured)) if measured else None
 
     def ensemble_oof(self, epochs):
         """Predicted ensemble OOF of models {backbone: epochs} (all known to the table)."""
@@ -284,9 +293,9 @@ class Work:
                                    monitor_rows=monitor)
 
     def for_plan(self, plan):
-        """This Work with the plan's folds and each planned backbone's speed as its arm's: what the Keeper and
-        the plan's print use."""
-        return dataclasses.replace(self.for_folds(plan.folds),
+        """This Work with the plan's folds, TTA views and each planned backbone's speed as its arm's: what the
+        Keeper and the plan's print use."""
+        return dataclasses.replace(self.for_folds(plan.folds), views=plan.views or self.views,
                                    speeds={b: self.speeds[plan.arm(b)] for b in plan.backbones})
 
     def run_seconds(self, epochs, pseudo):
@@ -323,6 +332,7 @@ class Plan:
     arms: dict = field(default_factory=dict)      # {backbone: its table arm} where not the preset's own recipe
     settings: dict = field(default_factory=dict)  # {backbone: the settings that arm changes}
     folds: int = None             # the run's folds (None in a plan.json from before plans chose them: cfg's)
+    views: int = None             # TTA views a unit predicts with, where fewer than the preset's TTA has (None: all)
 
     @property
     def id(self):
@@ -331,6 +341,8 @@ class Plan:
                   "pseudo": self.pseudo}
         if self.settings:  # a plan of the preset's own recipe keeps the id it had before arms existed
             chosen["settings"] = self.settings
+        if self.views:  # so does a plan with all the TTA's views
+            chosen["views"] = self.views
         return short_hash(chosen)
 
     def arm(self, backbone):
@@ -361,8 +373,9 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
 
     `explicit`: the fields the user gave (backbones, epochs, pseudo, any recipe setting): kept as given. The
     rest is chosen: which of the preset's backbones, each with which of its table's arms (recipes) where
-    `work` has the arm's speed, how many epochs each (up to the table's most), and the pseudo-labelling
-    round when the table says what it gains. Ties in predicted accuracy go to the cheaper plan.
+    `work` has the arm's speed, how many epochs each (up to the table's most), how many TTA views (fewer buy
+    epochs: on a slow machine ten-crop is a quarter of the hour), and the pseudo-labelling round when the table
+    says what it gains. Ties in predicted accuracy go to the cheaper plan.
     """
     usable = seconds_left - RESERVE_SECONDS - SAFETY * 60 * budget
     known = all(table.knows(b) for b in cfg.backbones)
@@ -371,6 +384,7 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
     subsets = [tuple(cfg.backbones)] if "backbones" in explicit or not known else [
         subset for size in range(len(cfg.backbones), 0, -1) for subset in itertools.combinations(cfg.backbones, size)]
     pseudo_options = [cfg.pseudo] if "pseudo" in explicit or table.pseudo_gain is None else [False, True]
+    view_options = _view_options(explicit, work, table) if known else [(work.views, 0.0)]
     best = None
     for subset in subsets:
         for chosen in _arm_choices(subset, arms):
@@ -378,19 +392,20 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
             if len(folds) > 1:
                 continue  # the models of one ensemble share one split (the blend and pseudo-labels are per fold)
             split = work.for_folds(folds.pop())
-            for pseudo in pseudo_options:
+            for pseudo, (views, views_loss) in itertools.product(pseudo_options, view_options):
+                viewed = dataclasses.replace(split, views=views)
                 for epochs in _epoch_choices(cfg, chosen, explicit, table, known):
-                    cost = split.run_seconds(epochs, pseudo)
+                    cost = viewed.run_seconds(epochs, pseudo)
                     if cost > usable:
                         continue
                     gain = table.pseudo_gain if pseudo and table.pseudo_gain else 0.0
-                    oof = table.ensemble_oof(epochs) + gain if known else None
+                    oof = table.ensemble_oof(epochs) + gain - views_loss if known else None
                     score = (round(oof, 4) if oof is not None else sum(epochs.values()), -cost)
                     if best is None or score > best[0]:
-                        best = (score, chosen, epochs, pseudo, oof, cost, split.folds)
+                        best = (score, chosen, epochs, pseudo, oof, cost, split.folds, views)
     if best is None:
         return _cannot_fit(cfg, explicit, work, table, budget, seconds_left)
-    _, chosen, by_arm, pseudo, oof, cost, folds = best
+    _, chosen, by_arm, pseudo, oof, cost, folds, views = best
     backbone = {name: arms[name][0] for name in chosen}
     epochs = {backbone[a]: e for a, e in by_arm.items()}
     most = {backbone[a]: (by_arm[a] if "epochs" in explicit else
@@ -399,12 +414,30 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
     notes = [] if known else [f"no measured table for {', '.join(b for b in cfg.backbones if not table.knows(b))} "
                               f"with preset {cfg.preset}: the epochs fill the time (at most {cfg.epochs} each), "
                               f"and no accuracy is predicted"]
+    if views < work.views:
+        notes.append(f"TTA with the first {views} of {cfg.tta}'s {work.views} views ({_VIEW_NAMES.get(views, 'and')}"
+                     f"): the table says they lose {100 * table.views_loss(views):.2f} points of OOF, and the time "
+                     f"they save buys more in epochs (--tta {cfg.tta} keeps all)")
     return Plan(budget, tuple(backbone[a] for a in chosen), epochs, pseudo, most,
                 {"spent": 60 * budget - seconds_left, "units": cost, "reserve": RESERVE_SECONDS},
                 oof, singles, tuple(sorted(explicit & {*PLANNED, *KEPT})), notes,
                 arms={backbone[a]: a for a in chosen if a != backbone[a]},
                 settings={backbone[a]: arms[a][1] for a in chosen if arms[a][1]},
-                folds=folds)
+                folds=folds, views=views if views < work.views else None)
+
+
+_VIEW_NAMES = {1: "the plain image", 2: "the plain image and its flip"}
+
+
+def _view_options(explicit, work, table):
+    """[(TTA views, the OOF they lose)]: all the TTA's views, and the Keeper's fewest (the plain image and its
+    flip) where the table measured what they lose; all only when the command line gave --tta. Not the counts
+    between: ten-crop's 4-8 views are within a tenth of a point of each other, where one fold's noise would
+    choose (BENCHMARKS.md)."""
+    loss = table.views_loss(work.fewest_views)
+    if "tta" in explicit or work.fewest_views >= work.views or loss is None:
+        return [(work.views, 0.0)]
+    return [(work.views, 0.0), (work.fewest_views, loss)]
 
 
 def _arm_choices(subset, arms):
@@ -622,14 +655,15 @@ class Keeper:
         return self._unit_end(unit) - self.clock() - self._predict_seconds(unit, self._fewest_views())
 
     def views(self, unit, every):
-        """The TTA views a trained unit predicts with: all that fit in what is left of its share."""
-        count = every
-        if "tta" not in self.plan.explicit and self.share_end is not None and every > 1:
+        """The TTA views a trained unit predicts with: the plan's (all `every` of its TTA, or fewer where they
+        buy more epochs), or as many of them as fit in what is left of its share."""
+        count = min(every, self.work.views)
+        if "tta" not in self.plan.explicit and self.share_end is not None and count > 1:
             per_view = self._predict_seconds(unit) / self.work.views
             fits = math.floor((self._unit_end(unit) - self.clock()) / max(1e-9, per_view))
-            count = max(min(every, self.work.fewest_views), min(every, fits))
-            if count < every:
-                self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
+            count = max(min(count, self.work.fewest_views), min(count, fits))
+        if count < every:  # recorded, so a replay predicts with the same views
+            self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
         self.predicting = (unit.name, self.clock(), count)
         return count
 
@@ -726,9 +760,9 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
         print(f"budget: the same command again: continuing its plan ({_describe_models(plan.epochs)}"
               f"{', pseudo-labels' if plan.pseudo else ''}); {spent_before / 60:.1f} of {cfg.budget:g} minutes "
               f"spent in earlier sessions")
-        work, _ = _work(cfg, {b: (b, plan.settings.get(b, {})) for b in plan.backbones}, faces, device,
+        work, _ = _work(cfg, {plan.arm(b): (b, plan.settings.get(b, {})) for b in plan.backbones}, faces, device,
                         side_by_side)
-        work = work.for_folds(plan.folds)
+        work = work.for_plan(plan)
     else:
         table = Table.for_preset(cfg.preset)
         explicit = set(explicit)

@@ -477,6 +477,15 @@ def _accuracy(probs, labels):
     return float((probs.argmax(-1) == labels).float().mean())
 
 
+def _accuracy_by_views(cfg, view_logits, labels):
+    """{k: OOF accuracy with the first k of the views predicted (in tta.views' order for k)}: what fewer TTA
+    views would have given, at no cost; bench table hands it to the planner, which weighs views against epochs."""
+    predicted = tta.views(cfg.tta, cfg.crop, len(view_logits))
+    return {str(k): _accuracy(tta.average(view_logits[[predicted.index(v) for v in tta.views(cfg.tta, cfg.crop, k)]],
+                                          "prob"), labels)
+            for k in range(1, len(predicted) + 1)}
+
+
 def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_pipe, device, amp_dtype,
                       history, count=None):
     oof_views = predict_views(model, valid_x, cfg.tta, device, amp_dtype=amp_dtype, crop=cfg.crop, logits=True,
@@ -492,6 +501,7 @@ def _predict_and_save(cfg, unit, unit_dir, model, valid_x, valid_y, data, eval_p
     metrics = {"unit": unit.name, "valid_acc": _accuracy(oof, valid_y),
                "valid_acc_logit": _accuracy(oof_logit, valid_y),
                "valid_acc_plain": _accuracy(oof_plain, valid_y), "tta": cfg.tta, "tta_views": len(oof_views),
+               "valid_acc_views": _accuracy_by_views(cfg, oof_views, valid_y),
                "epochs": len(history), "train_seconds": sum(row["seconds"] for row in history),
                "train_rows": len(data.train_images), "valid_rows": len(data.valid_rows)}
     write_json(unit_dir / runfolder.FINISHED_FILE, metrics)
