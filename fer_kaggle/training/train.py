@@ -336,10 +336,11 @@ def train_unit(cfg, unit, workdir, data, device, deadline=None, key_settings=Non
         if stopping:
             raise TimeLimitReached(f"{unit.name}: stopped after epoch {epoch} of {planned}")
 
-    # a budgeted unit behind its time predicts with fewer TTA views (never fewer than the plain image and its flip)
+    # a budgeted unit predicts with fewer TTA views where its plan chose them or it is behind its time (never
+    # fewer than the plain image and its flip)
     count = every = len(tta.views(cfg.tta, cfg.crop))
     if pace is not None and (count := pace.views(unit, every)) < every:
-        tqdm.write(f"{unit.name}: {count} TTA views instead of {every}, to keep to the budget")
+        tqdm.write(f"{unit.name}: {count} TTA views instead of {every}, as the budget plans or to keep to it")
     return _predict_and_save(cfg, unit, unit_dir, step.eval_model(), valid_x, valid_y, data, eval_pipe, device,
                              amp_dtype, history, count)
 
