@@ -155,6 +155,8 @@ def test_a_slow_machine_trades_ten_crop_for_epochs_where_the_table_measured_what
     keeper = Keeper(slow, work.for_plan(slow), [unit], end=clock.now + 3600, record={}, clock=clock)
     keeper.start(unit, slow.epochs["fer_vgg_cpu"], done=0)
     assert keeper.views(unit, 10) == 2 and budget.Replay(keeper.record).views(unit, 10) == 2
+    # several units at a time: no Keeper, no record; they predict with the plan's views all the same
+    assert budget.Replay({}, slow.views).views(unit, 10) == 2 and budget.Replay({}).views(unit, 10) == 10
 
 
 def test_the_shipped_tables_recipes_are_settings_a_run_accepts():

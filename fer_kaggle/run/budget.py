@@ -421,7 +421,7 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
                               f"with preset {cfg.preset}: the epochs fill the time (at most {cfg.epochs} each), "
                               f"and no accuracy is predicted"]
     if views < work.views:
-        notes.append(f"TTA with the first {views} of {cfg.tta}'s {work.views} views ({_VIEW_NAMES.get(views, 'and')}"
+        notes.append(f"TTA with the first {views} of {cfg.tta}'s {work.views} views ({_VIEW_NAMES.get(views, 'the plain image first')}"
                      f"): the table says they lose {100 * table.views_loss(views):.2f} points of OOF, and the time "
                      f"they save buys more in epochs (--tta {cfg.tta} keeps all)")
     return Plan(budget, tuple(backbone[a] for a in chosen), epochs, pseudo, most,
@@ -684,10 +684,11 @@ class Keeper:
 
 
 class Replay:
-    """A recorded plan followed exactly: each unit's epochs and refits as the recording run decided them."""
+    """A recorded plan followed exactly: each unit's epochs and refits as the recording run decided them, and its
+    TTA views (the plan's `views` where the record has none: a run of several units at a time keeps no record)."""
 
-    def __init__(self, record):
-        self.record = record
+    def __init__(self, record, views=None):
+        self.record, self.plan_views = record, views
 
     def start(self, unit, planned, done):
         entry = self.record.get(unit.name)
@@ -698,7 +699,7 @@ class Replay:
         return next((wanted for at, wanted in entry["refits"] if at == epoch), planned)
 
     def views(self, unit, every):
-        return (self.record.get(unit.name) or {}).get("views", every)
+        return (self.record.get(unit.name) or {}).get("views", min(every, self.plan_views or every))
 
     def finished(self, unit):
         pass
@@ -788,7 +789,7 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
     if pace is None:
         print("budget: planned, but kept only by the one-at-a-time executor: with several GPUs, --parallel-units "
               "or --executor ray each unit trains its planned epochs")
-        pace = Replay(record)
+        pace = Replay(record, plan.views)
     session = Session(plan_path, request, plan, pace, record, spent_before + spent_here())
     session.save()
     return cfg, session
@@ -825,6 +826,6 @@ def _replay(cfg, source, plan_path):
           f"no re-planning: the same submission as the run that recorded it")
     record = stored["units"]
     same_file = Path(plan_path).resolve() == source.resolve()
-    session = Session(None if same_file else plan_path, "replay", plan, Replay(record), record, 0.0)
+    session = Session(None if same_file else plan_path, "replay", plan, Replay(record, plan.views), record, 0.0)
     session.save()
     return cfg, session
