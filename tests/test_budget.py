@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from fer_kaggle import cli
@@ -137,7 +138,7 @@ def test_a_slow_machine_trades_ten_crop_for_epochs_where_the_table_measured_what
     the Keeper and a replay predict with the views it chose. Where epochs buy little (the table's most) or the
     command line gave --tta, all views stay; a table that never measured the loss never trades them."""
     table, work = Table.for_preset("cpu"), fer2013_work(9.5)  # 112.7 s an epoch: the AVX2 hour of 2026-12-07
-    assert 0.003 < table.views_loss(2) < 0.006 and table.views_loss(3) is None
+    assert 0.003 < table.views_loss(2) < 0.007 and table.views_loss(10) is None
     slow = make_plan(CPU, set(), work, table, 60 * 60, 60)
     every = make_plan(CPU, {"tta"}, work, table, 60 * 60, 60)
     assert slow.views == 2 and every.views is None
@@ -159,6 +160,38 @@ def test_a_slow_machine_trades_ten_crop_for_epochs_where_the_table_measured_what
     assert budget.Replay({}, slow.views).views(unit, 10) == 2 and budget.Replay({}).views(unit, 10) == 10
 
 
+def test_a_float32_hour_goes_to_the_narrower_net_whose_epochs_the_table_measured_win():
+    """fer_vgg_tiny is not in the cpu preset's list, but the table measured it: in float32 it trains 2.4 times
+    fer_vgg_cpu's images a second (AVX2, 2026-12-07), and its 26 epochs beat the 11 of fer_vgg_cpu an AVX2
+    hour holds. The plan takes it there; on a bf16 machine's speeds (fer_vgg_cpu 4.7 times as fast) it keeps
+    fer_vgg_cpu, since the table never counts on fer_vgg_tiny past its measured epochs; --backbones keeps the
+    list as given; a backbone with no measured blend is never added beside another (it would only add time)."""
+    table = Table.for_preset("cpu")
+    assert table.arms(CPU.backbones)["fer_vgg_tiny:light32"] == ("fer_vgg_tiny", {"augment": "light", "batch_size": 32})
+    assert "fer_vgg_tiny" not in table.arms(CPU.backbones), "only its measured recipe, not the preset's"
+    assert not any(b == "fer_vgg_tiny" for b, _ in table.arms(CPU.backbones, {"backbones"}).values())
+
+    def work(slower):
+        work = fer2013_work(slower)
+        light32 = work.speeds["fer_vgg_cpu:light32"] = Speed(work.speeds["fer_vgg_cpu"].train * 1.07,
+                                                             work.speeds["fer_vgg_cpu"].infer)
+        work.speeds["fer_vgg_tiny:light32"] = Speed(light32.train / 2.4, light32.infer / 2.4)
+        return work
+
+    avx2 = make_plan(CPU, set(), work(6.5), table, 60 * 60, 60)  # 88 s an epoch of fer_vgg_cpu:light32
+    assert avx2.backbones == ("fer_vgg_tiny",) and avx2.arm("fer_vgg_tiny") == "fer_vgg_tiny:light32"
+    assert avx2.epochs["fer_vgg_tiny"] == table.most_epochs("fer_vgg_tiny:light32") and avx2.oof > 0.66
+    preset_only = make_plan(CPU.replace(backbones=("fer_vgg_cpu",)), {"backbones"}, work(6.5), table, 60 * 60, 60)
+    assert preset_only.backbones == ("fer_vgg_cpu",) and preset_only.epochs["fer_vgg_cpu"] < 14
+    assert preset_only.oof < avx2.oof - 0.01
+    assert avx2.run_cfg(CPU).backbones == ("fer_vgg_tiny",)
+    assert avx2.settings["fer_vgg_tiny"] == {"augment": "light", "batch_size": 32}
+    bf16 = make_plan(CPU, set(), work(1), table, 60 * 60, 60)
+    assert bf16.backbones == ("fer_vgg_cpu",) and bf16.oof > table.oof("fer_vgg_tiny:light32", 100)
+    assert all(len(subset) == 1 or set(subset) == {"fer_vgg_cpu", "fer_resnet_cpu"}
+               for subset in budget._subsets(table.arms(CPU.backbones), table))
+
+
 def test_the_shipped_tables_recipes_are_settings_a_run_accepts():
     """Each arm's settings are recipe fields (in every unit's key), of their type, among their choices."""
     import dataclasses
@@ -167,7 +200,7 @@ def test_the_shipped_tables_recipes_are_settings_a_run_accepts():
     for preset in ("cpu", "demo"):
         table = Table.for_preset(preset)
         for name, settings in table.settings.items():
-            assert budget.backbone_of_arm(name) in PRESETS[preset].backbones
+            assert timm.is_model(budget.backbone_of_arm(name)), name
             for key, value in settings.items():
                 assert fields[key].metadata["role"] == UNIT, (name, key)
                 assert isinstance(value, type(fields[key].default)), (name, key)

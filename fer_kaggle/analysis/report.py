@@ -432,7 +432,7 @@ def shift_section(run, out):
 def budget_section(run, out):
     """The run's plan against what happened, and what each budget buys on this machine (a plot)."""
     from fer_kaggle.run import budget
-    from fer_kaggle.core.config import Config
+    from fer_kaggle.core.config import PRESETS, Config
     section = Section("12. Time budget")
     folder = RunFolder(run.workdir)
     saved = budget._read_plan(folder.plan_json)
@@ -456,6 +456,9 @@ def budget_section(run, out):
                  f"ensemble OOF {predicted}; spent {saved['spent_seconds'] / 60:.1f} minutes (reading to submission"
                  f"{'' if saved['finished'] else ', not finished'}), ensemble OOF {_pct(achieved)}.")
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    if "backbones" not in plan.explicit and cfg.preset in PRESETS:
+        # the run's config holds the backbones its plan chose; each budget's plan chooses from the preset's
+        cfg = cfg.replace(backbones=PRESETS[cfg.preset].backbones)
     table = budget.Table.for_preset(cfg.preset)
     if not all(table.knows(b) for b in cfg.backbones):
         return section

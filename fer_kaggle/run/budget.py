@@ -202,14 +202,23 @@ class Table:
         return backbone in self.models
 
     def arms(self, backbones, explicit=()):
-        """{arm: (backbone, settings)} of `backbones`: the preset's recipe of each, and the table's other
-        recipes of it unless they change a setting the command line gave (which is obeyed)."""
-        arms = {b: (b, {}) for b in backbones}
+        """{arm: (backbone, settings)} a plan weighs: the preset's recipe of each of `backbones`, and the table's
+        other recipes of it unless they change a setting the command line gave (which is obeyed). Without
+        --backbones, also the measured arms of the other backbones the table holds for this preset: a
+        narrower net trains more epochs in the same time (fer_vgg_tiny's 2.4 times fer_vgg_cpu's in float32,
+        which wins an AVX2 hour: BENCHMARKS.md), and a preset's list is what `--budget 0` trains."""
+        others = () if "backbones" in explicit else tuple(dict.fromkeys(
+            backbone_of_arm(name) for name in self.models if backbone_of_arm(name) not in backbones))
+        arms = {b: (b, {}) for b in (*backbones, *others) if b in backbones or b in self.models}
         for name, settings in self.settings.items():
             backbone = backbone_of_arm(name)
-            if name != backbone and backbone in backbones and not set(settings) & set(explicit):
+            if name != backbone and backbone in (*backbones, *others) and not set(settings) & set(explicit):
                 arms[name] = (backbone, settings)
         return arms
+
+    def blended(self, first, second):
+        """Whether a blend of any arms of these two backbones was measured (else it is predicted to gain nothing)."""
+        return any({backbone_of_arm(arm) for arm in pair} == {first, second} for pair in self.blends)
 
     def most_epochs(self, backbone):
         return max(self.models[backbone])
@@ -387,8 +396,7 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
     known = all(table.knows(b) for b in cfg.backbones)
     arms = ({name: arm for name, arm in table.arms(cfg.backbones, explicit).items() if name in work.speeds}
             if known else {b: (b, {}) for b in cfg.backbones})
-    subsets = [tuple(cfg.backbones)] if "backbones" in explicit or not known else [
-        subset for size in range(len(cfg.backbones), 0, -1) for subset in itertools.combinations(cfg.backbones, size)]
+    subsets = [tuple(cfg.backbones)] if "backbones" in explicit or not known else _subsets(arms, table)
     pseudo_options = [cfg.pseudo] if "pseudo" in explicit or table.pseudo_gain is None else [False, True]
     view_options = _view_options(explicit, work, table) if known else [(work.views, 0.0)]
     best = None
@@ -444,6 +452,14 @@ def _view_options(explicit, work, table):
     if "tta" in explicit or work.fewest_views >= work.views or loss is None:
         return [(work.views, 0.0)]
     return [(work.views, 0.0), (work.fewest_views, loss)]
+
+
+def _subsets(arms, table):
+    """The sets of backbones worth weighing: each alone, and those where every member is in a measured blend
+    with another (a member with none only adds time: the table predicts no gain from it)."""
+    candidates = tuple(dict.fromkeys(backbone for backbone, _ in arms.values()))
+    return [subset for size in range(len(candidates), 0, -1) for subset in itertools.combinations(candidates, size)
+            if size == 1 or all(any(table.blended(b, other) for other in subset if other != b) for b in subset)]
 
 
 def _arm_choices(subset, arms):
