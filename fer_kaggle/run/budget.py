@@ -209,10 +209,11 @@ class Table:
         which wins an AVX2 hour: BENCHMARKS.md), and a preset's list is what `--budget 0` trains."""
         others = () if "backbones" in explicit else tuple(dict.fromkeys(
             backbone_of_arm(name) for name in self.models if backbone_of_arm(name) not in backbones))
-        arms = {b: (b, {}) for b in (*backbones, *others) if b in backbones or b in self.models}
+        candidates = (*backbones, *others)
+        arms = {b: (b, {}) for b in candidates if b in backbones or b in self.models}
         for name, settings in self.settings.items():
             backbone = backbone_of_arm(name)
-            if name != backbone and backbone in (*backbones, *others) and not set(settings) & set(explicit):
+            if name != backbone and backbone in candidates and not set(settings) & set(explicit):
                 arms[name] = (backbone, settings)
         return arms
 
