@@ -52,11 +52,22 @@ def test_recipe_bench_trains_each_variant_once(tmp_path, capsys):
 
 
 @pytest.mark.slow  # a subprocess tree
-def test_tree_counts_every_process_of_the_tree(capsys):
+def test_tree_counts_every_process_of_the_tree(tmp_path, capsys):
     """Two grandchildren holding 200 MB each at once: the tree's peak is their sum, not one process's."""
     import sys
-    hold = "import time; block = bytearray(200_000_000); time.sleep(2.5)"
-    command = ["bash", "-c", f"'{sys.executable}' -c '{hold}' & '{sys.executable}' -c '{hold}'; wait"]
+    # Each holds its block until both hold theirs, then 3 s more: on a busy machine the second may start
+    # seconds after the first, and a fixed hold could leave them no time together to be sampled in.
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    hold = tmp_path / "hold.py"
+    hold.write_text("import os, pathlib, time\n"
+                    "block = bytearray(200_000_000)\n"
+                    f"ready = pathlib.Path({str(ready)!r})\n"
+                    "(ready / str(os.getpid())).touch()\n"
+                    "while len(list(ready.iterdir())) < 2:\n"
+                    "    time.sleep(0.05)\n"
+                    "time.sleep(3)\n")
+    command = ["bash", "-c", f"'{sys.executable}' '{hold}' & '{sys.executable}' '{hold}'; wait"]
     assert cli.main(["bench", "tree", "--", *command]) == 0
     out = capsys.readouterr().out
     peak = float(re.search(r"process tree ([\d.]+) GiB PSS", out).group(1))

@@ -336,16 +336,18 @@ def bench_tree(command, interval=0.5, share=0.01):
 
     Reading a large process's memory map takes the kernel tens of milliseconds, taken from the run being
     timed: sampled every 0.5 s, it cost 8% of a core beside the AVX2 hour (58 s in its first 12 minutes). So
-    each sample waits at least `1 / share` times as long as the last one took (`interval` at the least)."""
+    each sample waits at least `1 / share` times the CPU time the last one took (`interval` at the least).
+    CPU time, not wall time: on a busy machine a sample's wall time stretches while its cost does not, and
+    waiting on it would miss short peaks for nothing."""
     import subprocess
     started = time.perf_counter()
     process = subprocess.Popen(command)
     peak_pss = peak_rss = 0
     sampling = 0.0
     while process.poll() is None:
-        begun = time.perf_counter()
+        begun = time.process_time()  # the kernel's reading of the maps counts as this process's system time
         pss, rss = _tree_memory(process.pid)
-        took = time.perf_counter() - begun
+        took = time.process_time() - begun
         sampling += took
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(max(interval, took / share))
