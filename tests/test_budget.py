@@ -13,7 +13,8 @@ import timm
 import torch
 
 from fer_kaggle import cli
-from fer_kaggle.bench.keeper import READING_SECONDS, SimulatedMachine, back_and_forth, simulate, with_competitor
+from fer_kaggle.bench.keeper import (READING_SECONDS, SimulatedMachine, back_and_forth, plan_of, simulate, sweep,
+                                    with_competitor)
 from fer_kaggle.run import budget
 from fer_kaggle.training import recipe, train
 from fer_kaggle.run.budget import Keeper, Speed, Table, Work, make_plan
@@ -560,3 +561,65 @@ def test_views_given_on_the_command_line_are_never_cut():
     clock.now += 3600
     assert unplanned.views(unit, 10) == 2 and unplanned.record[unit.name]["views"] == 2
     assert budget.Replay(unplanned.record).views(unit, 10) == 2
+
+
+def avx2_tiny_work():
+    """An AVX2 hour's speeds as session 8 measured them: fer_vgg_tiny:light32 43.3 s an epoch of 19,139 rows and
+    106 s of ten-crop TTA a unit (its prediction 1.9 times the fer_vgg_cpu ratio), fer_vgg_cpu 7.25 times bf16's."""
+    work = fer2013_work(7.25)
+    light32 = work.speeds["fer_vgg_cpu:light32"] = Speed(work.speeds["fer_vgg_cpu"].train * 1.07,
+                                                         work.speeds["fer_vgg_cpu"].infer)
+    work.speeds["fer_vgg_tiny:light32"] = Speed(light32.train / 2.4, light32.infer / 2.4 * 1.9)
+    return work
+
+
+def test_the_keepers_sweep_gives_each_runs_views_and_the_oof_the_table_predicts():
+    """`bench keeper`'s rows: undisturbed, the keeper does at least the plan (and grows the units into the time
+    the plan's rounding left) and the table predicts at least the plan's OOF; a machine 15% slower from a
+    tenth of the hour on still ends within the budget, with fewer epochs and a lower predicted OOF."""
+    table, work = Table.for_preset("cpu"), avx2_tiny_work()
+    plan = plan_of(CPU, work, table, 60)
+    [(_, share, epochs, _, views, oof)] = sweep(CPU, work, table, 60, 1.0, float("inf"), moments=[0.5])
+    assert 0.95 <= share <= 1.0 and epochs >= 3 * plan.epochs["fer_vgg_tiny"] and views == 30
+    assert plan.oof - 1e-9 <= oof <= table.oof("fer_vgg_tiny:light32", table.most_epochs("fer_vgg_tiny:light32"))
+    [(_, slow_share, slow_epochs, _, slow_views, slow_oof)] = sweep(CPU, work, table, 60, 1.15, float("inf"),
+                                                                    moments=[0.1])
+    assert 0.95 <= slow_share <= 1.0 and slow_epochs < epochs and slow_oof < oof - 0.002
+
+
+def test_a_unit_behind_its_share_keeps_the_views_that_lose_more_than_the_next_units_epochs():
+    """The AVX2 hour of fer_vgg_tiny:light32 (session 8): folds 0 and 1 ran past their shares and predicted with
+    6 of their 10 views, which the table says loses about half a point on their folds, where the 42 s of those
+    views would have cost the units after them about one epoch among them (0.15 points on one fold's worth).
+    With the table, a unit behind keeps the views that lose more than the later units' epochs, never past
+    what those units cannot do without; the last unit, with none after it, keeps to its share as before."""
+    table, work = Table.for_preset("cpu"), avx2_tiny_work()
+    plan = make_plan(CPU, set(), work, table, 60 * 60, 60)
+    assert plan.arm("fer_vgg_tiny") == "fer_vgg_tiny:light32"
+    work = work.for_plan(plan)
+    units = [Unit(0, "fer_vgg_tiny", fold) for fold in range(3)]
+
+    def views_when_behind(with_table, unit_index, behind_seconds):
+        clock = SimulatedMachine()
+        keeper = Keeper(plan, work, units, end=clock.now + 60 * 60, record={}, clock=clock,
+                        table=table if with_table else None)
+        for done in units[:unit_index]:  # the units before it took their shares exactly, a second to spare
+            keeper.start(done, plan.epochs["fer_vgg_tiny"], done=0)
+            clock.now = keeper.share_end - keeper._predict_seconds(done) - 1
+            assert keeper.views(done, 10) == 10
+            clock.now += keeper._predict_seconds(done)
+            keeper.finished(done)
+        unit = units[unit_index]
+        keeper.start(unit, plan.epochs["fer_vgg_tiny"], done=0)
+        clock.now = keeper.share_end - keeper._predict_seconds(unit) + behind_seconds
+        return keeper.views(unit, 10), keeper
+
+    alone, _ = views_when_behind(False, 0, 42)
+    borrowing, keeper = views_when_behind(True, 0, 42)
+    assert alone == 6 and borrowing > alone
+    per_view = keeper._predict_seconds(units[0]) / 10
+    assert keeper.clock() + borrowing * per_view <= keeper._latest_end(units[0]), "the others keep their least"
+    assert views_when_behind(True, 0, -1)[0] == 10, "on time: all views, nothing borrowed"
+    assert views_when_behind(True, 2, 42)[0] == views_when_behind(False, 2, 42)[0] == 6, "the last unit: its share"
+    far_behind, keeper = views_when_behind(True, 0, 60 * 60)
+    assert far_behind == 2, "far behind: the fewest views, whatever the table says"

@@ -91,27 +91,45 @@ def keep_a_run(keeper, plan, work, units, machine, every):
     return machine.now - begun, done
 
 
+def plan_of(cfg, work, table, minutes):
+    """The plan a real run makes after READING_SECONDS."""
+    return make_plan(cfg, set(), work, table, 60 * minutes - READING_SECONDS, minutes)
+
+
+def predicted_oof(plan, table, done, every):
+    """The ensemble OOF the table predicts for what the keeper did, {unit name: (epochs, views)} with `every`
+    views in the run's TTA: each backbone at its units' mean epochs, less the mean of what their views lost."""
+    epochs, lost = {}, []
+    for name, (unit_epochs, views) in done.items():
+        arm = plan.arm(name.split("/")[1].split("-")[0])  # round0/fer_vgg_tiny-1a2b3c4d/fold0
+        epochs.setdefault(arm, []).append(unit_epochs)
+        lost.append(0.0 if views >= every else table.views_loss(views) or 0.0)
+    return table.ensemble_oof({arm: sum(e) / len(e) for arm, e in epochs.items()}) - sum(lost) / len(lost)
+
+
 def simulate(cfg, work, table, minutes, machine):
     """A whole budgeted run of `cfg` on `machine`: (its seconds as a share of the budget, {unit: (epochs,
     views)}, the keeper's record), planned after READING_SECONDS as a real run is."""
     seconds_left = 60 * minutes - READING_SECONDS
-    plan = make_plan(cfg, set(), work, table, seconds_left, minutes)
+    plan = plan_of(cfg, work, table, minutes)
     every, work = work.views, work.for_plan(plan)  # the plan's folds, views and arms' speeds, as a run keeps it
     units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(work.folds)]
-    keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine)
+    keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine, table=table)
     seconds, done = keep_a_run(keeper, plan, work, units, machine, every)
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
 
 
 def sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS, jitter=0.0):
-    """[(moment, share of the budget, epochs in all, back-and-forth refits)]: a competitor `factor` times
-    slower for `window_seconds` from each moment (a share of the budget); window_seconds=inf: it never leaves.
-    `jitter`: each epoch up to that share faster or slower at random (a seed per moment)."""
-    rows = []
+    """[(moment, share of the budget, epochs in all, back-and-forth refits, TTA views in all, the table's
+    predicted OOF)]: a competitor `factor` times slower for `window_seconds` from each moment (a share of the
+    budget); window_seconds=inf: it never leaves. `jitter`: each epoch up to that share faster or slower at
+    random (a seed per moment)."""
+    rows, plan = [], plan_of(cfg, work, table, minutes)
     for seed, moment in enumerate(moments):
         machine = with_competitor(minutes, moment, factor, window_seconds, jitter, seed)
         share, done, record = simulate(cfg, work, table, minutes, machine)
-        rows.append((moment, share, sum(epochs for epochs, _ in done.values()), back_and_forth(record)))
+        rows.append((moment, share, sum(epochs for epochs, _ in done.values()), back_and_forth(record),
+                     sum(views for _, views in done.values()), predicted_oof(plan, table, done, work.views)))
     return rows
 
 
@@ -120,6 +138,7 @@ def print_sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMEN
     noise = f", each epoch up to {jitter:.0%} faster or slower at random" if jitter else ""
     print(f"--budget {minutes:g}: a competitor making the machine {factor:g} times slower {window}, from a share "
           f"of the budget{noise}; the whole run as a share of it (epochs of all units; units' ends moved back "
-          f"and forth)")
-    for moment, share, epochs, reversals in sweep(cfg, work, table, minutes, factor, window_seconds, moments, jitter):
-        print(f"  from {moment:.2f}: {share:.2f} ({epochs}; {reversals})")
+          f"and forth; TTA views of all units; the OOF the table predicts for them)")
+    for moment, share, epochs, reversals, views, oof in sweep(cfg, work, table, minutes, factor, window_seconds,
+                                                               moments, jitter):
+        print(f"  from {moment:.2f}: {share:.2f} ({epochs}; {reversals}; {views} views; OOF {oof:.4f})")

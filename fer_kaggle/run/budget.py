@@ -578,14 +578,16 @@ class Keeper:
     what is left of its share at the speed of its last epochs: fewer while the machine is slower, and more
     again (up to the table's most) when a slowdown passes (a competing process that ended) or a unit that
     started at a slow moment runs faster, its LR schedule refitted to reach 0 at the new end each time; if
-    its prediction still does not fit, it predicts with fewer TTA views. Settings the command line gave are
-    never changed.
+    its prediction still does not fit, it predicts with fewer TTA views, or (given the `table`) takes the time
+    of the views that lose more than the units after it lose in epochs from theirs. Settings the command line
+    gave are never changed.
     `record` collects what it decided (plan.json), so the run can be replayed. `clock`: seconds, as
     time.monotonic (`bench keeper` runs the keeper on a simulated machine's clock).
     """
 
-    def __init__(self, plan, work, units, end, record, clock=time.monotonic):
+    def __init__(self, plan, work, units, end, record, clock=time.monotonic, table=None):
         self.plan, self.work, self.end, self.record, self.clock = plan, work, end, record, clock
+        self.table = table  # what views and epochs buy: a unit behind weighs its views against later epochs
         self.pending = {unit.name: unit for unit in units}   # not finished
         self.slowness = {}     # backbone -> measured epoch seconds / predicted
         self.share_end = None  # when the running unit's share of the time ends, fixed as it starts
@@ -679,16 +681,52 @@ class Keeper:
 
     def views(self, unit, every):
         """The TTA views a trained unit predicts with: the plan's (all `every` of its TTA, or fewer where they
-        buy more epochs), or as many of them as fit in what is left of its share."""
+        buy more epochs), or as many of them as fit in what is left of its share, or, where the table says
+        views lose more than the units not yet started lose giving up the epochs they would take, as many as
+        fit before what those units cannot do without."""
         count = min(every, self.work.views)
         if "tta" not in self.plan.explicit and self.share_end is not None and count > 1:
-            per_view = self._predict_seconds(unit) / self.work.views
-            fits = math.floor((self._unit_end(unit) - self.clock()) / max(1e-9, per_view))
+            per_view = max(1e-9, self._predict_seconds(unit) / self.work.views)
+            fits = math.floor((self._unit_end(unit) - self.clock()) / per_view)
+            if fits < count:
+                most = math.floor((self._latest_end(unit) - self.clock()) / per_view)
+                fits = max(fits, self._views_worth_borrowing(unit, count, fits, min(count, most), per_view))
             count = max(min(count, self.work.fewest_views), min(count, fits))
         if count < every:  # recorded, so a replay predicts with the same views
             self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
         self.predicting = (unit.name, self.clock(), count)
         return count
+
+    def _views_worth_borrowing(self, unit, wanted, fits, most, per_view):
+        """The views (from `fits`, what the unit's share holds, up to `most`) that lose the least OOF, each view
+        beyond its share paid for by the epochs the units not yet started give up for its seconds.
+
+        A unit covers one fold's rows and so does each of the others: four views of ten cost
+        fer_vgg_tiny:light32 about half a point on its fold, where their 42 s, spread over the next units,
+        cost about one epoch among them, 0.15 points on one fold's worth of rows (BENCHMARKS.md)."""
+        others = [u for name, u in self.pending.items() if name != unit.name]
+        if self.table is None or not others or most <= fits:
+            return fits
+        epoch_seconds = sum(self._epoch_seconds(u) for u in others) / len(others)
+        epoch_loss = sum(self._epoch_loss(u) for u in others) / len(others)
+
+        def loss(views):  # this unit's views lost, and the epochs their extra seconds take from the others
+            lost = 0.0 if views >= self.work.views else self.table.views_loss(max(views, self.work.fewest_views))
+            if lost is None:
+                return None
+            return lost + max(0, views - fits) * per_view / epoch_seconds * epoch_loss
+
+        costs = {views: loss(views) for views in range(max(fits, 1), min(most, wanted) + 1)}
+        if not costs or any(cost is None for cost in costs.values()):
+            return fits  # a view count the table never measured: the share as it is
+        return min(costs, key=lambda views: (costs[views], views))
+
+    def _epoch_loss(self, unit):
+        """OOF accuracy a unit not yet started loses for its last planned epoch (the table's slope there)."""
+        arm, epochs = self.plan.arm(unit.backbone), self.plan.epochs[unit.backbone]
+        if not self.table.knows(arm) or epochs <= 1:
+            return float("inf")  # unknown, or its one epoch: never taken
+        return max(0.0, self.table.oof(arm, epochs) - self.table.oof(arm, epochs - 1))
 
     def finished(self, unit):
         """A unit is done: what its prediction really took, against the estimate, prices the next units'."""
@@ -802,7 +840,8 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = plan.run_cfg(cfg)
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
-    pace = Keeper(plan, work, units_of(cfg, plan), end, record) if sequential else None
+    pace = (Keeper(plan, work, units_of(cfg, plan), end, record, table=Table.for_preset(cfg.preset))
+            if sequential else None)
     if pace is None:
         print("budget: planned, but kept only by the one-at-a-time executor: with several GPUs, --parallel-units "
               "or --executor ray each unit trains its planned epochs")
