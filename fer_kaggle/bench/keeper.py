@@ -96,24 +96,27 @@ def plan_of(cfg, work, table, minutes):
     return make_plan(cfg, set(), work, table, 60 * minutes - READING_SECONDS, minutes)
 
 
-def predicted_oof(plan, table, done, every):
+def plan_units(plan, folds):
+    """The units a simulated run of `plan` trains, in order."""
+    return [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(folds)]
+
+
+def predicted_oof(plan, table, done, every, folds):
     """The ensemble OOF the table predicts for what the keeper did, {unit name: (epochs, views)} with `every`
     views in the run's TTA: each backbone at its units' mean epochs, less the mean of what their views lost."""
-    epochs, lost = {}, []
-    for name, (unit_epochs, views) in done.items():
-        arm = plan.arm(name.split("/")[1].split("-")[0])  # round0/fer_vgg_tiny-1a2b3c4d/fold0
-        epochs.setdefault(arm, []).append(unit_epochs)
-        lost.append(0.0 if views >= every else table.views_loss(views) or 0.0)
-    return table.ensemble_oof({arm: sum(e) / len(e) for arm, e in epochs.items()}) - sum(lost) / len(lost)
+    epochs = {plan.arm(b): sum(done[Unit(0, b, f).name][0] for f in range(folds)) / folds for b in plan.backbones}
+    lost = [0.0 if views >= every else table.views_loss(views) or 0.0 for _, views in done.values()]
+    return table.ensemble_oof(epochs) - sum(lost) / len(lost)
 
 
-def simulate(cfg, work, table, minutes, machine):
+def simulate(cfg, work, table, minutes, machine, plan=None):
     """A whole budgeted run of `cfg` on `machine`: (its seconds as a share of the budget, {unit: (epochs,
-    views)}, the keeper's record), planned after READING_SECONDS as a real run is."""
+    views)}, the keeper's record), planned after READING_SECONDS as a real run is (`plan`: that plan, made
+    already)."""
     seconds_left = 60 * minutes - READING_SECONDS
-    plan = plan_of(cfg, work, table, minutes)
+    plan = plan or plan_of(cfg, work, table, minutes)
     every, work = work.views, work.for_plan(plan)  # the plan's folds, views and arms' speeds, as a run keeps it
-    units = [Unit(0, backbone, fold) for backbone in plan.backbones for fold in range(work.folds)]
+    units = plan_units(plan, work.folds)
     keeper = Keeper(plan, work, units, end=machine.now + seconds_left, record={}, clock=machine, table=table)
     seconds, done = keep_a_run(keeper, plan, work, units, machine, every)
     return (READING_SECONDS + seconds + ENSEMBLE_SECONDS) / (60 * minutes), done, keeper.record
@@ -127,9 +130,10 @@ def sweep(cfg, work, table, minutes, factor, window_seconds, moments=MOMENTS, ji
     rows, plan = [], plan_of(cfg, work, table, minutes)
     for seed, moment in enumerate(moments):
         machine = with_competitor(minutes, moment, factor, window_seconds, jitter, seed)
-        share, done, record = simulate(cfg, work, table, minutes, machine)
+        share, done, record = simulate(cfg, work, table, minutes, machine, plan)  # one plan: the same each time
         rows.append((moment, share, sum(epochs for epochs, _ in done.values()), back_and_forth(record),
-                     sum(views for _, views in done.values()), predicted_oof(plan, table, done, work.views)))
+                     sum(views for _, views in done.values()),
+                     predicted_oof(plan, table, done, work.views, work.for_plan(plan).folds)))
     return rows
 
 

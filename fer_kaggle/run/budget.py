@@ -690,7 +690,7 @@ class Keeper:
             fits = math.floor((self._unit_end(unit) - self.clock()) / per_view)
             if fits < count:
                 most = math.floor((self._latest_end(unit) - self.clock()) / per_view)
-                fits = max(fits, self._views_worth_borrowing(unit, count, fits, min(count, most), per_view))
+                fits = max(fits, self._views_worth_borrowing(unit, count, fits, most, per_view))
             count = max(min(count, self.work.fewest_views), min(count, fits))
         if count < every:  # recorded, so a replay predicts with the same views
             self.record.setdefault(unit.name, {"start": None, "refits": []})["views"] = count
@@ -705,6 +705,7 @@ class Keeper:
         fer_vgg_tiny:light32 about half a point on its fold, where their 42 s, spread over the next units,
         cost about one epoch among them, 0.15 points on one fold's worth of rows (BENCHMARKS.md)."""
         others = [u for name, u in self.pending.items() if name != unit.name]
+        most = min(most, wanted)
         if self.table is None or not others or most <= fits:
             return fits
         epoch_seconds = sum(self._epoch_seconds(u) for u in others) / len(others)
@@ -716,7 +717,7 @@ class Keeper:
                 return None
             return lost + max(0, views - fits) * per_view / epoch_seconds * epoch_loss
 
-        costs = {views: loss(views) for views in range(max(fits, 1), min(most, wanted) + 1)}
+        costs = {views: loss(views) for views in range(max(fits, 1), most + 1)}
         if not costs or any(cost is None for cost in costs.values()):
             return fits  # a view count the table never measured: the share as it is
         return min(costs, key=lambda views: (costs[views], views))
@@ -816,6 +817,7 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
         return elapsed + time.monotonic() - called
 
     request = request_of(cfg, fingerprints)
+    table = Table.for_preset(cfg.preset)
     stored = _read_plan(plan_path)
     if stored and stored.get("request") == request:
         plan, record, spent_before = Plan.from_json(stored["plan"]), stored["units"], stored["spent_seconds"]
@@ -826,7 +828,6 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
                         side_by_side)
         work = work.for_plan(plan)
     else:
-        table = Table.for_preset(cfg.preset)
         explicit = set(explicit)
         if split_folds and "folds" not in explicit:
             cfg, explicit = cfg.replace(folds=split_folds), explicit | {"folds"}
@@ -840,8 +841,7 @@ def plan_run(cfg, explicit, plan_path, faces, device, units_of, sequential, elap
         print(describe(plan, work, how, time.time() + sum(plan.seconds.values()) - plan.seconds["spent"]), flush=True)
     cfg = plan.run_cfg(cfg)
     end = time.monotonic() + 60 * cfg.budget - spent_before - spent_here()
-    pace = (Keeper(plan, work, units_of(cfg, plan), end, record, table=Table.for_preset(cfg.preset))
-            if sequential else None)
+    pace = Keeper(plan, work, units_of(cfg, plan), end, record, table=table) if sequential else None
     if pace is None:
         print("budget: planned, but kept only by the one-at-a-time executor: with several GPUs, --parallel-units "
               "or --executor ray each unit trains its planned epochs")
