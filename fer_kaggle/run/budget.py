@@ -429,6 +429,8 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
     notes = [] if known else [f"no measured table for {', '.join(b for b in cfg.backbones if not table.knows(b))} "
                               f"with preset {cfg.preset}: the epochs fill the time (at most {cfg.epochs} each), "
                               f"and no accuracy is predicted"]
+    if known and "epochs" not in explicit:
+        notes += _unspent_note(cfg.preset, by_arm, table, usable - cost, budget)
     if views < work.views:
         notes.append(f"TTA with the first {views} of {cfg.tta}'s {work.views} views ({_VIEW_NAMES.get(views, 'the plain image first')}"
                      f"): the table says they lose {100 * table.views_loss(views):.2f} points of OOF, and the time "
@@ -442,6 +444,23 @@ def make_plan(cfg, explicit, work, table, seconds_left, budget):
 
 
 _VIEW_NAMES = {1: "the plain image", 2: "the plain image and its flip"}
+UNSPENT_SHARE = 0.05  # time left over worth a note: more than the 5% a run may overrun by
+
+
+def _unspent_note(preset, by_arm, table, unspent_seconds, budget):
+    """[a note] where the plan leaves more than UNSPENT_SHARE of the budget idle because every arm stands at its
+    table's most epochs: the plan counts on no gain nobody measured, so the rest of the time would buy nothing it
+    can predict; the user learns why the run ends early and which measurement would let it use the time."""
+    capped = [a for a, e in by_arm.items() if e >= table.most_epochs(a)]
+    if unspent_seconds <= UNSPENT_SHARE * 60 * budget or len(capped) < len(by_arm):
+        return []
+    most = ", ".join(f"{a} up to {table.most_epochs(a)} epochs" for a in capped)
+    measure = "; ".join(f"`python -m fer_kaggle.bench table TRAIN --preset {preset} --backbones {backbone_of_arm(a)} "
+                        f"--epochs {2 * table.most_epochs(a)}" + (f" --recipe {a.split(':', 1)[1]}" + "".join(
+                            f" --set {k}={v}" for k, v in table.settings[a].items()) if ":" in a else "") + "`"
+                        for a in capped)
+    return [f"about {unspent_seconds / 60:.0f} of the {budget:g} minutes left unspent: the table measured {most} and "
+            f"counts on no gain past them, and nothing else it holds fits better ({measure} measures more)"]
 
 
 def _view_options(explicit, work, table):
