@@ -50,7 +50,7 @@ from fer_kaggle.core.runfolder import HOME, find_default_run
 from fer_kaggle.data import inputs, shift
 from fer_kaggle.data.competition import fingerprint, read_test, read_train
 from fer_kaggle.data.folds import make_or_load_folds
-from fer_kaggle.run.budget import TABLE_FILE, Table, curve, machine_name, measure_speeds, work_for
+from fer_kaggle.run.budget import TABLE_FILE, Table, curve, machine_name, measure_speeds, table_command, work_for
 from fer_kaggle.training import augment
 from fer_kaggle.training.train import Unit, UnitData, autocast_dtype, make_step, resolve_device, train_unit
 
@@ -240,9 +240,7 @@ def bench_table(cfg, train_path, epoch_levels, workdir, out, recipe="", settings
     for measured in view_losses:  # a level measured again replaces its row
         losses[:] = [m for m in losses if (m["arm"], m["epochs"], m["folds"]) !=
                      (measured["arm"], measured["epochs"], measured["folds"])] + [measured]
-    command = (f"python -m fer_kaggle.bench table {Path(train_path).name} --preset {cfg.preset} --backbones "
-               f"{','.join(cfg.backbones)} --epochs {','.join(map(str, epoch_levels))}"
-               + (f" --recipe {recipe}" + "".join(f" --set {k}={v}" for k, v in settings.items()) if recipe else ""))
+    command = table_command(Path(train_path).name, cfg.preset, cfg.backbones, epoch_levels, recipe, settings)
     entry.setdefault("commands", []).append(
         f"{command}: fold 0 of {cfg.folds} ({int(inside.sum())} training rows, {len(valid)} held out), seed "
         f"{cfg.seed}, on {machine_name()}, {time.strftime('%Y-%m-%d')}")

@@ -253,6 +253,14 @@ class Table:
         return best + gain
 
 
+def table_command(train, preset, backbones, epochs, recipe="", settings=None):
+    """The `bench table` command line that measures these rows (a recipe arm with the settings it changes)."""
+    command = (f"python -m fer_kaggle.bench table {train} --preset {preset} --backbones {','.join(backbones)} "
+               f"--epochs {','.join(map(str, epochs))}")
+    return command + (f" --recipe {recipe}" + "".join(f" --set {k}={v}" for k, v in (settings or {}).items())
+                      if recipe else "")
+
+
 def backbone_of_arm(name):
     """`fer_vgg_cpu:light` -> `fer_vgg_cpu` (an arm of the preset's own recipe is named as its backbone)."""
     return name.split(":", 1)[0]
@@ -455,10 +463,8 @@ def _unspent_note(preset, by_arm, table, unspent_seconds, budget):
     if unspent_seconds <= UNSPENT_SHARE * 60 * budget or len(capped) < len(by_arm):
         return []
     most = ", ".join(f"{a} up to {table.most_epochs(a)} epochs" for a in capped)
-    measure = "; ".join(f"`python -m fer_kaggle.bench table TRAIN --preset {preset} --backbones {backbone_of_arm(a)} "
-                        f"--epochs {2 * table.most_epochs(a)}" + (f" --recipe {a.split(':', 1)[1]}" + "".join(
-                            f" --set {k}={v}" for k, v in table.settings[a].items()) if ":" in a else "") + "`"
-                        for a in capped)
+    measure = "; ".join("`" + table_command("TRAIN", preset, [backbone_of_arm(a)], [2 * table.most_epochs(a)],
+                                            a.partition(":")[2], table.settings[a]) + "`" for a in capped)
     return [f"about {unspent_seconds / 60:.0f} of the {budget:g} minutes left unspent: the table measured {most} and "
             f"counts on no gain past them, and nothing else it holds fits better ({measure} measures more)"]
 
